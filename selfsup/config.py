@@ -1,0 +1,322 @@
+"""YAML recipes -> typed dataclasses, with dotted command-line overrides and validation.
+
+A recipe file holds some of the sections below; every key it leaves out keeps the
+dataclass default. Unknown keys, wrong types and impossible values are rejected with a
+one-line :class:`ConfigError` naming the key, the file and what is allowed. The method
+section is typed by the chosen method's own dataclass (``METHODS[name].Config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selfsup.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def choice(default: Any, *choices: Any) -> Any:
+    """A field that must take one of ``choices``."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def bounded(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
+    """A numeric field that must lie in [lo, hi] (either bound optional)."""
+    return field(default=default, metadata={"min": lo, "max": hi})
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how views are made."""
+
+    source: str = choice("synthetic", "synthetic", "folder")
+    path: str | None = None  # folder source: a directory holding <train_split>/ and <val_split>/
+    train_split: str = "train"
+    val_split: str = "val"
+    synthetic_seed: int = 0
+    synthetic_train_per_class: int = bounded(500, 1)
+    synthetic_val_per_class: int = bounded(100, 1)
+    recipe: str = "simclr"
+    size: int = bounded(224, 8)  # side of the largest view; smaller views scale with it
+    eval_size: int = bounded(224, 8)  # side of the centre crop used by k-NN evaluation
+    view_overrides: dict[str, Any] = field(default_factory=dict)  # ViewSpec fields for all views
+    engine: str = choice("cpu", "cpu")
+    threads: int = bounded(0, 0)  # decode/augment threads; 0 = one per core
+    prefetch: int = bounded(2, 0)  # batches prepared ahead of the training step
+    max_bad_fraction: float = bounded(0.01, 0.0, 1.0)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"
+    small_input: bool = False  # 3x3 stride-1 stem without max-pool, for 32-96 px images
+    width: int = bounded(64, 1)  # base width; 64 is the standard ResNet
+    zero_init_residual: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = choice("lars", "lars", "sgd", "adamw")
+    lr: float = bounded(0.3, 0.0)  # base learning rate, scaled by lr_scaling
+    lr_scaling: str = choice("linear", "linear", "sqrt", "none")  # linear: lr*bs/256
+    final_lr_fraction: float = bounded(0.0, 0.0, 1.0)  # cosine ends at lr * this
+    warmup_epochs: float = bounded(10.0, 0.0)
+    weight_decay: float = bounded(1e-6, 0.0)
+    momentum: float = bounded(0.9, 0.0, 1.0)
+    exclude_1d: bool = True  # no weight decay / LARS adaptation on biases and norm params
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = bounded(100, 1)
+    batch_size: int = bounded(256, 1)
+    seed: int = 0
+    device: str = choice("auto", "auto", "cpu", "cuda")
+    precision: str = choice("auto", "auto", "fp32", "bf16", "fp16")  # auto: bf16 on GPU
+    channels_last: bool = True  # used on GPU only
+    threads: int = bounded(0, 0)  # torch intra-op threads; 0 = torch's default
+    log_every: int = bounded(10, 1)  # steps between synchronised log lines
+    checkpoint_every: int = bounded(100, 1)  # steps between checkpoints (also each epoch end)
+    max_steps: int | None = None  # stop early (for smoke tests); None = all epochs
+
+
+@dataclass
+class EvalConfig:
+    knn: bool = True  # k-NN top-1 on the held-out split at the end of pretraining
+    knn_k: int = bounded(20, 1)
+    knn_temperature: float = bounded(0.07, 1e-6)
+    random_init_baseline: bool = True  # also evaluate the same architecture untrained
+    batch_size: int = bounded(256, 1)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: Any = None  # the method's own Config dataclass; see selfsup.trainer.methods
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run_dir: str = "runs"  # parent directory of run directories
+    name: str | None = None  # run directory name; None = <method>-<timestamp>
+
+
+# ---------------------------------------------------------------------------------------
+# dict -> dataclass with validation
+# ---------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+        return dict(value)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
+            raise ConfigError(f"{where}: {key} must have {len(args)} items, got {value!r}")
+        item_tp = args[0] if args else Any
+        return origin(_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: {key} has unsupported type {_type_name(tp)}")
+
+
+def build_dataclass(cls: type, data: Any, prefix: str, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and bad values."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        what = prefix.rstrip(".") or "the file"
+        raise ConfigError(f"{where}: {what} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        allowed = ", ".join(sorted(fields))
+        raise ConfigError(
+            f"{where}: unknown key '{prefix}{unknown[0]}'; allowed keys here: {allowed}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = build_dataclass(tp, value, f"{key}.", where)
+            continue
+        value = _coerce(value, tp, key, where)
+        meta = fields[name].metadata
+        if "choices" in meta and value not in meta["choices"]:
+            allowed = ", ".join(repr(c) for c in meta["choices"])
+            raise ConfigError(f"{where}: {key} must be one of {allowed}, got {value!r}")
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and value is not None and value < lo:
+            raise ConfigError(f"{where}: {key} must be >= {lo}, got {value!r}")
+        if hi is not None and value is not None and value > hi:
+            raise ConfigError(f"{where}: {key} must be <= {hi}, got {value!r}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Files and overrides
+# ---------------------------------------------------------------------------------------
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path as given, or a recipe name looked up in ``configs/`` (``default`` -> default.yaml)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    candidate = CONFIG_DIR / (p.name if p.suffix else f"{p.name}.yaml")
+    if candidate.exists() and len(p.parts) == 1:
+        return candidate
+    known = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(
+        f"config file {str(name_or_path)!r} not found; give a path to a YAML file "
+        f"or one of the built-in recipes: {known}"
+    )
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections, got {data!r}")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings; values parse as YAML (``1e-3``, ``true``, ``[1,2]``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path = "default", overrides: list[str] | None = None) -> Config:
+    """Load a YAML recipe, apply overrides, and validate into a :class:`Config`."""
+    from selfsup.trainer.methods import method_config_class
+
+    cfg_path = resolve_config_path(path)
+    data = apply_overrides(read_yaml(cfg_path), list(overrides or []))
+    where = str(cfg_path) + (" (with command-line overrides)" if overrides else "")
+    method_data = data.pop("method", None) or {}
+    if not isinstance(method_data, dict):
+        raise ConfigError(f"{where}: method must be a mapping, got {method_data!r}")
+    method_data = dict(method_data)
+    name = method_data.pop("name", "simclr")
+    method_cls = method_config_class(name, where)
+    cfg = build_dataclass(Config, data, "", where)
+    cfg.method = build_dataclass(method_cls, method_data, "method.", where)
+    _check_names(cfg, where)
+    return cfg
+
+
+def _check_names(cfg: Config, where: str) -> None:
+    """Names resolved through registries, checked now rather than minutes into a run."""
+    from selfsup.pipeline.views import RECIPES
+    from selfsup.trainer.models import MODELS
+
+    if cfg.model.arch not in MODELS:
+        raise ConfigError(
+            f"{where}: unknown model {cfg.model.arch!r} in model.arch; "
+            f"choose one of {', '.join(sorted(MODELS))}"
+        )
+    if cfg.data.recipe not in RECIPES:
+        raise ConfigError(
+            f"{where}: unknown recipe {cfg.data.recipe!r} in data.recipe; "
+            f"choose one of {', '.join(sorted(RECIPES))}"
+        )
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain, YAML- and checkpoint-safe dict of a resolved config (method name included)."""
+    out = dataclasses.asdict(cfg)
+    out["method"] = {"name": cfg.method.name, **dataclasses.asdict(cfg.method)}
+    return _plain(out)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")

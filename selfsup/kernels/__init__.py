@@ -1,0 +1,1 @@
+"""Fused kernels, each beside a plain-torch reference with the same signature."""

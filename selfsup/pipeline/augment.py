@@ -1,0 +1,514 @@
+"""Per-sample augmentation: crop+resize, colour jitter, grayscale, blur, solarize, normalise.
+
+Three implementations of one chain, all driven by a parameter row from ``views.draw_params``:
+
+- :func:`augment_cpu`: the CPU engine's path, one sample at a time inside its worker threads.
+  The colour chain is one numba kernel fused over planar chunks (uint8 HWC in, float32 CHW
+  working buffer out), the blur is OpenCV's separable filter on each plane, and a second
+  numba kernel solarizes and normalises into the output. Both numba kernels and OpenCV
+  release the GIL, so the engine's threads scale over cores.
+- :func:`augment_batch`: the device path, batched torch ops over ``[B, 3, S, S]`` uint8 with
+  per-sample flags, factors and jitter order, without a host sync.
+- :func:`augment_reference`: plain float64 numpy, op by op, for the tests to compare against.
+
+Semantics follow torchvision on float images in [0, 1]: the four jitter ops run in the
+sample's random order with a clamp to [0, 1] after each; contrast blends towards the mean
+gray of the image at that point of the chain; hue goes through torchvision's HSV formulas;
+the blur pads by reflection without repeating the edge (OpenCV's REFLECT_101, torch's
+"reflect"); solarize inverts values >= 0.5 (PIL's threshold 128 on uint8-derived values).
+The saliency-mask column ``P_MASK`` is not applied here.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from selfsup.pipeline.views import (
+    GRAY_WEIGHTS,
+    NPARAM,
+    P_BLUR_SIGMA,
+    P_BRIGHTNESS,
+    P_CONTRAST,
+    P_FLIP,
+    P_GRAY,
+    P_H,
+    P_HUE,
+    P_JITTER,
+    P_ORDER,
+    P_SATURATION,
+    P_SOLARIZE,
+    P_W,
+    P_X0,
+    P_Y0,
+    ViewSpec,
+    blur_radius,
+    gaussian_kernel1d,
+)
+
+__all__ = ["augment_batch", "augment_cpu", "augment_reference", "crop_resize", "warmup"]
+
+_CV2_INTERP = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
+WR, WG, WB = GRAY_WEIGHTS
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3  # values of the P_ORDER columns
+
+
+# ---------------------------------------------------------------------------------------
+# Crop + resize + flip (shared by every CPU path)
+# ---------------------------------------------------------------------------------------
+
+
+def crop_resize(
+    img: np.ndarray, row: np.ndarray, spec: ViewSpec, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Cut the row's crop box from ``img`` (HxWx3 uint8), resize it to the view size, flip.
+
+    Returns ``out`` (a C-contiguous (size, size, 3) uint8 array, allocated if None). OpenCV
+    reads the box as a view of ``img``, so the decoded image is never copied, and writes the
+    result straight into ``out``.
+    """
+    y0, x0, h, w = (int(row[i]) for i in (P_Y0, P_X0, P_H, P_W))
+    s = spec.size
+    if out is None:
+        out = np.empty((s, s, 3), dtype=np.uint8)
+    box = img[y0 : y0 + h, x0 : x0 + w]
+    cv2.resize(box, (s, s), dst=out, interpolation=_CV2_INTERP[spec.interpolation])
+    if row[P_FLIP]:
+        cv2.flip(out, 1, dst=out)  # in place
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# CPU fast path: numba kernels over planar float32 chunks, OpenCV blur
+# ---------------------------------------------------------------------------------------
+# The kernels walk the image as flat planar chunks of _CHUNK pixels and apply one op at a
+# time to a whole chunk: the op dispatch happens once per chunk, and every inner loop is a
+# long plain float32 loop that LLVM vectorises (no fastmath needed; the numpy error model
+# drops the division-by-zero checks that would block it). Indexing goes through slices so
+# that LLVM sees non-negative indices and emits plain vector loads, not gathers.
+
+_JIT = {"nogil": True, "cache": True, "fastmath": False, "error_model": "numpy"}
+_CHUNK = 1024  # pixels: three float32 chunks stay in L1
+_F = np.float32
+_WR, _WG, _WB = _F(WR), _F(WG), _F(WB)
+_0, _1, _2, _4, _6 = _F(0), _F(1), _F(2), _F(4), _F(6)
+_HALF = _F(0.5)
+_U8_TO_F32 = (np.arange(256) / 255.0).astype(np.float32)  # v / 255, correctly rounded
+
+
+@numba.njit(**_JIT)
+def _clamp(v: np.float32) -> np.float32:
+    return min(max(v, _0), _1)
+
+
+@numba.njit(**_JIT)
+def _hue_chunk(r: np.ndarray, g: np.ndarray, b: np.ndarray, n: int, f: np.float32) -> None:
+    """torchvision's _rgb2hsv, h = (h + f) mod 1, _hsv2rgb; branch-free per pixel."""
+    for i in range(n):
+        x, y, z = r[i], g[i], b[i]
+        v = max(x, max(y, z))
+        cr = v - min(x, min(y, z))
+        flat = cr == _0  # gray pixel: s = 0, and every hue maps back to (v, v, v)
+        s = cr / (_1 if flat else v)
+        inv = _1 / (_1 if flat else cr)
+        rc, gc, bc = (v - x) * inv, (v - y) * inv, (v - z) * inv
+        h = (bc - gc) if v == x else ((_2 + rc - bc) if v == y else (_4 + gc - rc))
+        h = h / _6 + _1  # in [5/6, 11/6), so fmod(h, 1) is one subtraction
+        h = h - _1 if h >= _1 else h
+        h = h + f
+        h = h - np.floor(h)
+        h6 = h * _6
+        sector = np.floor(h6)
+        fr = h6 - sector
+        sector = _0 if sector >= _6 else sector
+        p = _clamp(v * (_1 - s))
+        q = _clamp(v * (_1 - s * fr))
+        t = _clamp(v * (_1 - s * (_1 - fr)))
+        # sectors 0..5: (v,t,p) (q,v,p) (p,v,t) (p,q,v) (t,p,v) (v,p,q)
+        r[i] = (
+            v if (sector == 0 or sector == 5) else (q if sector == 1 else (t if sector == 4 else p))
+        )
+        g[i] = t if sector == 0 else (v if sector <= 2 else (q if sector == 3 else p))
+        b[i] = p if sector <= 1 else (t if sector == 2 else (v if sector <= 4 else q))
+
+
+@numba.njit(**_JIT)
+def _jitter_chunk(
+    r: np.ndarray, g: np.ndarray, b: np.ndarray, n: int, row: np.ndarray, lo: int, hi: int, m
+) -> None:
+    """Apply the jitter ops at order positions lo..hi-1, clamping after each (m: mean gray)."""
+    for k in range(lo, hi):
+        op = int(row[P_ORDER + k])
+        if op == BRIGHTNESS:
+            f = row[P_BRIGHTNESS]
+            for i in range(n):
+                r[i], g[i], b[i] = _clamp(r[i] * f), _clamp(g[i] * f), _clamp(b[i] * f)
+        elif op == CONTRAST:
+            f = row[P_CONTRAST]
+            for i in range(n):
+                r[i] = _clamp(m + f * (r[i] - m))
+                g[i] = _clamp(m + f * (g[i] - m))
+                b[i] = _clamp(m + f * (b[i] - m))
+        elif op == SATURATION:
+            f = row[P_SATURATION]
+            for i in range(n):
+                y = _WR * r[i] + _WG * g[i] + _WB * b[i]
+                r[i] = _clamp(y + f * (r[i] - y))
+                g[i] = _clamp(y + f * (g[i] - y))
+                b[i] = _clamp(y + f * (b[i] - y))
+        else:
+            _hue_chunk(r, g, b, n, row[P_HUE])
+
+
+@numba.njit(**_JIT)
+def _load_u8(src: np.ndarray, r: np.ndarray, g: np.ndarray, b: np.ndarray, n: int) -> None:
+    for i in range(n):
+        r[i] = _U8_TO_F32[src[3 * i]]
+        g[i] = _U8_TO_F32[src[3 * i + 1]]
+        b[i] = _U8_TO_F32[src[3 * i + 2]]
+
+
+@numba.njit(**_JIT)
+def _copy(src: np.ndarray, i: int, dst: np.ndarray, j: int, n: int) -> None:
+    """dst[:, j : j + n] = src[:, i : i + n] for planar (3, *) arrays."""
+    for c in range(3):
+        a, b = src[c, i : i + n], dst[c, j : j + n]
+        for x in range(n):
+            b[x] = a[x]
+
+
+@numba.njit(**_JIT)
+def _colour_kernel(src: np.ndarray, row: np.ndarray, dst: np.ndarray) -> None:
+    """uint8 HWC ``src`` -> jitter in the row's order -> grayscale -> float32 CHW ``dst``.
+
+    Contrast needs the mean gray of the image as it is when contrast runs, so unless it runs
+    first the chain is cut there: pass 1 runs the ops before contrast and sums the gray,
+    pass 2 the rest.
+    """
+    n = src.shape[0] * src.shape[1]
+    flat = src.reshape(3 * n)
+    planes = dst.reshape(3, n)
+    px = np.empty((3, _CHUNK), _F)  # one planar chunk
+    r, g, b = px[0], px[1], px[2]
+    jitter = row[P_JITTER] != 0
+    cut = 0  # order position of contrast
+    if jitter:
+        for k in range(4):
+            if int(row[P_ORDER + k]) == CONTRAST:
+                cut = k
+    mean = 0.0
+    if jitter and cut == 0:  # contrast sees the input: exact integer channel sums
+        sums = np.zeros(3, np.int64)
+        for c in range(3):
+            for i in range(n):
+                sums[c] += flat[3 * i + c]
+        mean = (WR * sums[0] + WG * sums[1] + WB * sums[2]) / (255.0 * n)
+    lanes = np.zeros(_CHUNK, np.float64)  # per-position running sums of the gray
+    passes = 2 if cut > 0 else 1
+    for ps in range(passes):
+        last = ps == passes - 1
+        lo, hi = (cut, 4) if last else (0, cut)
+        for a in range(0, n, _CHUNK):
+            m = min(_CHUNK, n - a)
+            if ps == 0:
+                _load_u8(flat[3 * a : 3 * (a + m)], r, g, b, m)
+            else:
+                _copy(planes, a, px, 0, m)
+            if jitter:
+                _jitter_chunk(r, g, b, m, row, lo, hi, _F(mean))
+            if not last:
+                for i in range(m):
+                    lanes[i] += _WR * r[i] + _WG * g[i] + _WB * b[i]
+            elif row[P_GRAY] != 0:
+                for i in range(m):
+                    r[i] = g[i] = b[i] = _WR * r[i] + _WG * g[i] + _WB * b[i]
+            _copy(px, 0, planes, a, m)
+        if not last:
+            mean = lanes.sum() / n
+
+
+@numba.njit(**_JIT)
+def _finish_kernel(
+    src: np.ndarray, solarize: bool, mean: np.ndarray, inv_std: np.ndarray, out: np.ndarray
+) -> None:
+    """Solarize and normalise CHW float32 ``src`` into ``out`` (which may be ``src``)."""
+    n = src.shape[1] * src.shape[2]
+    planes, dst = src.reshape(3, n), out.reshape(3, n)
+    for c in range(3):
+        a, o, m, s = planes[c], dst[c], mean[c], inv_std[c]
+        for i in range(n):
+            v = a[i]
+            if solarize and v >= _HALF:
+                v = _1 - v
+            o[i] = (v - m) * s
+
+
+_scratch = threading.local()
+
+
+def _scratch_buffer(size: int) -> np.ndarray:
+    """A float32 (3, size, size) work buffer, allocated once per thread and size."""
+    bufs = _scratch.__dict__.setdefault("bufs", {})
+    if size not in bufs:
+        bufs[size] = np.empty((3, size, size), _F)
+    return bufs[size]
+
+
+def augment_cpu(crop: np.ndarray, row: np.ndarray, spec: ViewSpec, out: np.ndarray) -> None:
+    """Augment one view on the CPU, writing CHW float32 normalised pixels into ``out``.
+
+    ``crop`` is the C-contiguous (size, size, 3) uint8 result of :func:`crop_resize`; ``out``
+    a C-contiguous float32 (3, size, size) array, typically a slice of the batch buffer, which
+    doubles as the working buffer. Every kernel releases the GIL, so threads run in parallel.
+    """
+    s = spec.size
+    if crop.shape != (s, s, 3) or out.shape != (3, s, s) or not out.flags.c_contiguous:
+        raise ValueError(
+            f"augment_cpu: want a ({s}, {s}, 3) crop and a C-contiguous (3, {s}, {s}) out, "
+            f"got {crop.shape} and {out.shape}"
+        )
+    row = np.ascontiguousarray(row, dtype=_F)
+    _colour_kernel(np.ascontiguousarray(crop), row, out)
+    src = out
+    sigma = float(row[P_BLUR_SIGMA])
+    if sigma > 0:
+        k = gaussian_kernel1d(sigma, blur_radius(spec, sigma))
+        src = _scratch_buffer(s)
+        for c in range(3):  # one plane at a time: the working buffer is planar
+            cv2.sepFilter2D(out[c], -1, k, k, dst=src[c], borderType=cv2.BORDER_REFLECT_101)
+    mean = np.asarray(spec.mean, dtype=_F)
+    inv_std = (1.0 / np.asarray(spec.std)).astype(_F)
+    _finish_kernel(src, bool(row[P_SOLARIZE]), mean, inv_std, out)
+
+
+def warmup() -> None:
+    """Compile (or load from numba's on-disk cache) every kernel the CPU path uses."""
+    spec = ViewSpec(size=8, jitter_p=1.0, grayscale_p=1.0, blur_p=1.0, solarize_p=1.0)
+    crop = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    row = np.zeros(NPARAM, dtype=_F)
+    row[P_ORDER : P_ORDER + 4] = (3, 2, 1, 0)
+    row[[P_JITTER, P_GRAY, P_SOLARIZE, P_BRIGHTNESS, P_CONTRAST, P_SATURATION]] = 1.0
+    row[P_HUE], row[P_BLUR_SIGMA] = 0.1, 1.0
+    augment_cpu(crop, row, spec, np.empty((3, 8, 8), dtype=_F))
+
+
+# ---------------------------------------------------------------------------------------
+# Reference: float64 numpy, one op at a time
+# ---------------------------------------------------------------------------------------
+
+
+def _gray(x: np.ndarray) -> np.ndarray:
+    return WR * x[..., 0] + WG * x[..., 1] + WB * x[..., 2]
+
+
+def _rgb2hsv(x: np.ndarray) -> np.ndarray:
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    maxc, minc = x.max(axis=-1), x.min(axis=-1)
+    eqc = maxc == minc
+    cr = maxc - minc
+    s = cr / np.where(eqc, 1.0, maxc)
+    crd = np.where(eqc, 1.0, cr)
+    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = np.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return np.stack([h, s, maxc], axis=-1)
+
+
+def _hsv2rgb(x: np.ndarray) -> np.ndarray:
+    h, s, v = x[..., 0], x[..., 1], x[..., 2]
+    i = np.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.astype(np.int64) % 6
+    p = np.clip(v * (1.0 - s), 0.0, 1.0)
+    q = np.clip(v * (1.0 - s * f), 0.0, 1.0)
+    t = np.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
+    sectors = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    rgb = np.zeros(h.shape + (3,))
+    for n, sector in enumerate(sectors):
+        rgb[i == n] = np.stack(sector, axis=-1)[i == n]
+    return rgb
+
+
+def adjust_brightness(x: np.ndarray, f: float) -> np.ndarray:
+    return np.clip(x * f, 0.0, 1.0)
+
+
+def adjust_contrast(x: np.ndarray, f: float) -> np.ndarray:
+    m = _gray(x).mean()
+    return np.clip(m + f * (x - m), 0.0, 1.0)
+
+
+def adjust_saturation(x: np.ndarray, f: float) -> np.ndarray:
+    g = _gray(x)[..., None]
+    return np.clip(g + f * (x - g), 0.0, 1.0)
+
+
+def adjust_hue(x: np.ndarray, f: float) -> np.ndarray:
+    hsv = _rgb2hsv(x)
+    hsv[..., 0] = (hsv[..., 0] + f) % 1.0
+    return np.clip(_hsv2rgb(hsv), 0.0, 1.0)
+
+
+def _blur_axis(x: np.ndarray, k: np.ndarray, axis: int) -> np.ndarray:
+    r = len(k) // 2
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (r, r)
+    xp = np.pad(x, pad, mode="reflect")  # numpy "reflect" does not repeat the edge
+    n = x.shape[axis]
+    return sum(k[j] * np.take(xp, range(j, j + n), axis=axis) for j in range(len(k)))
+
+
+def augment_reference(crop: np.ndarray, row: np.ndarray, spec: ViewSpec) -> np.ndarray:
+    """The chain written plainly in float64 numpy; returns CHW float32 normalised pixels."""
+    x = crop.astype(np.float64) / 255.0
+    if row[P_JITTER]:
+        ops = {
+            BRIGHTNESS: (adjust_brightness, P_BRIGHTNESS),
+            CONTRAST: (adjust_contrast, P_CONTRAST),
+            SATURATION: (adjust_saturation, P_SATURATION),
+            HUE: (adjust_hue, P_HUE),
+        }
+        for k in range(4):
+            fn, col = ops[int(row[P_ORDER + k])]
+            x = fn(x, float(row[col]))
+    if row[P_GRAY]:
+        x = np.repeat(_gray(x)[..., None], 3, axis=-1)
+    sigma = float(row[P_BLUR_SIGMA])
+    if sigma > 0:
+        k = gaussian_kernel1d(sigma, blur_radius(spec, sigma)).astype(np.float64)
+        x = _blur_axis(_blur_axis(x, k, axis=1), k, axis=0)
+    if row[P_SOLARIZE]:
+        x = np.where(x >= 0.5, 1.0 - x, x)
+    x = (x - np.asarray(spec.mean)) / np.asarray(spec.std)
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# Device path: batched torch ops
+# ---------------------------------------------------------------------------------------
+
+
+def _gray_t(x: torch.Tensor) -> torch.Tensor:
+    return WR * x[:, 0:1] + WG * x[:, 1:2] + WB * x[:, 2:3]
+
+
+def _hue_t(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_hue on a float batch [B, 3, H, W] with per-sample shifts [B].
+
+    rgb -> hsv by torchvision's _rgb2hsv formulas; back with the closed form of _hsv2rgb's
+    sector table (channel n in (5, 3, 1): v - v * s * clamp(min(k, 4 - k), 0, 1) with
+    k = (n + 6 h) mod 6), which needs no per-sector planes.
+    """
+    r, g, b = x.unbind(dim=1)
+    minc, maxc = x.aminmax(dim=1)
+    cr = maxc - minc
+    gray = cr == 0
+    s = cr / torch.where(gray, 1.0, maxc)
+    crd = torch.where(gray, 1.0, cr)
+    rc, gc, bc = (maxc - r).div_(crd), (maxc - g).div_(crd), (maxc - b).div_(crd)
+    h = torch.where(
+        maxc == r, bc - gc, torch.where(maxc == g, (rc - bc).add_(2.0), (gc - rc).add_(4.0))
+    )
+    h6 = h.div_(6.0).add_(f.view(-1, 1, 1)).remainder_(1.0).mul_(6.0).unsqueeze(1)  # 6 h'
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # 5,3,1
+    k = (h6 + n).remainder_(6.0)
+    v, vs = maxc.unsqueeze(1), s.mul_(maxc).unsqueeze(1)
+    return v - torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0).mul_(vs)
+
+
+def _blur_kernels(sigma: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """Per-sample 1-D Gaussians [B, 2R + 1] with R = spec.blur_radius_max.
+
+    A sample whose own radius is smaller gets its kernel zero-padded (the same filter);
+    sigma 0 gives a delta. Built in float64 like ``gaussian_kernel1d``, then cast.
+    """
+    big = spec.blur_radius_max
+    s = sigma.to(torch.float64).view(-1, 1)
+    on = s > 0
+    s = torch.where(on, s, torch.ones_like(s))
+    if spec.blur_kernel == "relative":
+        radius = torch.full_like(s, float(blur_radius(spec, 1.0)))
+    else:
+        radius = torch.ceil(3.0 * s).clamp(min=1.0)
+    x = torch.arange(-big, big + 1, device=sigma.device, dtype=torch.float64).view(1, -1)
+    k = torch.exp(-0.5 * (x / s) ** 2) * (x.abs() <= radius)
+    k = k / k.sum(dim=1, keepdim=True)
+    k = torch.where(on, k, (x == 0).to(k.dtype))
+    return k.to(torch.float32)
+
+
+def _blur_t(x: torch.Tensor, sigma: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """Separable per-sample Gaussian blur, reflect padding, as one grouped conv per axis."""
+    b, c, h, w = x.shape
+    r = spec.blur_radius_max
+    k = _blur_kernels(sigma, spec).to(x.dtype).repeat_interleave(c, dim=0)  # [B*C, 2R+1]
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(b * c, 1, -1, 1), groups=b * c)
+    return y.view(b, c, h, w)
+
+
+def augment_batch(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    spec: ViewSpec,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Augment a batch of cropped views on its device: uint8 [B, 3, S, S] -> normalised.
+
+    ``params`` holds one row per sample (float32 [B, NPARAM], same device). Every choice is
+    per sample; the ops run on the whole batch and ``torch.where`` keeps each sample's own
+    result, so nothing waits on the host (no ``.item()``, no host tensor copied in). An op
+    whose probability in ``spec`` is 0 is skipped outright (rows drawn from ``spec`` never
+    turn it on). The chain runs in float32; the result is cast to ``dtype`` and, with
+    ``channels_last``, laid out NHWC. The blur kernel has spec.blur_radius_max taps each
+    side for every sample (a smaller radius is zero-padded), so the view must be larger.
+    """
+    p = params.to(torch.float32)
+    x = x.to(torch.float32) / 255.0
+
+    def on(j: int) -> torch.Tensor:  # a per-sample flag, broadcastable over pixels
+        return (p[:, j] != 0).view(-1, 1, 1, 1)
+
+    if spec.jitter_p > 0:
+        # Hue comes exactly once per sample, so run it once on the whole batch, between a
+        # pass over the positions before each sample's hue and one over those after it.
+        order = p[:, P_ORDER : P_ORDER + 4].to(torch.int64)
+        hue_at = (order == HUE).to(torch.int64).argmax(dim=1).view(-1, 1, 1, 1)
+        cols = (P_BRIGHTNESS, P_CONTRAST, P_SATURATION, P_HUE)  # indexed by op code
+        factors = torch.stack([p[:, j] for j in cols], dim=1)
+        jitter = on(P_JITTER)
+
+        def blend_at(x: torch.Tensor, k: int, here: torch.Tensor) -> torch.Tensor:
+            # brightness, contrast and saturation are each the blend ref + f * (x - ref)
+            # with ref 0, the image's mean gray or the pixel's gray: pick the sample's own.
+            op = order[:, k].view(-1, 1, 1, 1)
+            gray = _gray_t(x)
+            ref = torch.where(op == CONTRAST, gray.mean(dim=(2, 3), keepdim=True), gray)
+            ref = torch.where(op == BRIGHTNESS, 0.0, ref)
+            f = torch.gather(factors, 1, order[:, k : k + 1]).view(-1, 1, 1, 1)
+            return torch.where(jitter & here, torch.lerp(ref, x, f).clamp_(0.0, 1.0), x)
+
+        for k in range(3):
+            x = blend_at(x, k, k < hue_at)
+        x = torch.where(jitter, _hue_t(x, p[:, P_HUE]).clamp_(0.0, 1.0), x)
+        for k in range(1, 4):
+            x = blend_at(x, k, k > hue_at)
+    if spec.grayscale_p > 0:
+        x = torch.where(on(P_GRAY), _gray_t(x).expand_as(x), x)
+    if spec.blur_p > 0:
+        x = _blur_t(x, p[:, P_BLUR_SIGMA], spec)
+    if spec.solarize_p > 0:
+        x = torch.where(on(P_SOLARIZE) & (x >= 0.5), 1.0 - x, x)
+    # per-channel Python scalars: a host tensor copied to the device would sync the stream
+    norm = [(x[:, c] - m) / s for c, (m, s) in enumerate(zip(spec.mean, spec.std, strict=True))]
+    x = torch.stack(norm, dim=1).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

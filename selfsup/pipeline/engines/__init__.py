@@ -1,0 +1,1 @@
+"""Decode engines: turn sample indices into batches of views."""

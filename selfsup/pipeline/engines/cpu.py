@@ -1,0 +1,166 @@
+"""The ``cpu`` decode engine: decode each sample once, cut every view from that decode.
+
+Work is spread over a thread pool; decoding (libjpeg-turbo), resizing and blurring
+(OpenCV) and the fused colour loops (numba, ``nogil``) all release the GIL, so the threads
+run in parallel. Two output modes:
+
+- ``fused`` (CPU training): the whole per-sample augmentation runs here and the engine
+  returns normalised float32 views ``[V, B, 3, S, S]``.
+- ``uint8`` (GPU training): the engine returns the cropped, resized, flipped uint8 views
+  ``[V, B, S, S, 3]`` plus each view's parameter rows ``[V, B, NPARAM]``; the colour chain
+  then runs batched on the device (``augment.augment_batch``).
+
+A sample that cannot be read or decoded is replaced by another drawn deterministically from
+(seed, epoch, index), counted and reported; past ``max_bad_fraction`` of the source the
+engine raises :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from selfsup.errors import DataError
+from selfsup.pipeline import augment
+from selfsup.pipeline.decode import DecodeError, decode_image
+from selfsup.pipeline.rng import replacement_rng, sample_rng
+from selfsup.pipeline.sources.base import Source
+from selfsup.pipeline.views import NPARAM, ViewSpec, draw_params, group_by_size
+
+MAX_REPLACEMENT_TRIES = 16
+
+
+@dataclass(frozen=True)
+class BadSample:
+    index: int
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+@dataclass
+class EngineBatch:
+    views: list[torch.Tensor]  # per size group: float [V,B,3,S,S] (fused) or uint8 [V,B,S,S,3]
+    params: list[np.ndarray] | None  # per size group [V,B,NPARAM] (uint8 mode only)
+    labels: torch.Tensor  # [B] int64
+    indices: torch.Tensor  # [B] int64, the global index of the sample actually used
+
+
+class CpuEngine:
+    def __init__(
+        self,
+        source: Source,
+        views: list[ViewSpec],
+        *,
+        seed: int = 0,
+        threads: int = 0,
+        max_bad_fraction: float = 0.01,
+        output: str = "fused",
+    ) -> None:
+        if output not in ("fused", "uint8"):
+            raise ValueError(f"output must be 'fused' or 'uint8', got {output!r}")
+        self.source = source
+        self.groups = group_by_size(views)
+        # One entry per individual view: (group, slot in group, spec). The view number used
+        # to key the random generator is the entry's position in this list.
+        self.plan = [
+            (gi, slot, spec)
+            for gi, g in enumerate(self.groups)
+            for slot, spec in enumerate(s for s in g.specs for _ in range(s.count))
+        ]
+        self.seed = seed
+        self.threads = threads or os.cpu_count() or 1
+        self.max_bad_fraction = max_bad_fraction
+        self.output = output
+        self.bad: dict[int, BadSample] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="selfsup-cpu-engine")
+        # Parallelism comes from this pool: each OpenCV call stays on its own thread.
+        cv2.setNumThreads(1)
+        augment.warmup()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- one batch ---------------------------------------------------------------------
+
+    def load(self, indices: np.ndarray, epoch: int) -> EngineBatch:
+        b = len(indices)
+        if self.output == "fused":
+            views = [torch.empty((g.count, b, 3, g.size, g.size)) for g in self.groups]
+            params = None
+        else:
+            views = [
+                torch.empty((g.count, b, g.size, g.size, 3), dtype=torch.uint8) for g in self.groups
+            ]
+            params = [np.zeros((g.count, b, NPARAM), dtype=np.float32) for g in self.groups]
+        out = [v.numpy() for v in views]
+        labels = np.empty(b, dtype=np.int64)
+        used = np.empty(b, dtype=np.int64)
+        chunks = [c for c in np.array_split(np.arange(b), self.threads) if len(c)]
+        jobs = [
+            self._pool.submit(self._work, c, indices, epoch, out, params, labels, used)
+            for c in chunks
+        ]
+        for job in jobs:
+            job.result()
+        self._check_bad_fraction()
+        return EngineBatch(views, params, torch.from_numpy(labels), torch.from_numpy(used))
+
+    def _work(self, positions, indices, epoch, out, params, labels, used) -> None:
+        for pos in positions:
+            index = int(indices[pos])
+            img, labels[pos], used[pos] = self._decode(index, epoch)
+            h, w = img.shape[:2]
+            for v, (gi, slot, spec) in enumerate(self.plan):
+                row = draw_params(spec, sample_rng(self.seed, epoch, index, v), h, w)
+                if params is None:
+                    crop = augment.crop_resize(img, row, spec)
+                    augment.augment_cpu(crop, row, spec, out[gi][slot, pos])
+                else:
+                    augment.crop_resize(img, row, spec, out=out[gi][slot, pos])
+                    params[gi][slot, pos] = row
+
+    # -- bad samples -------------------------------------------------------------------
+
+    def _decode(self, index: int, epoch: int) -> tuple[np.ndarray, int, int]:
+        """Decode sample ``index``, or a deterministic stand-in if it is bad."""
+        i, rng = index, None
+        for _ in range(MAX_REPLACEMENT_TRIES):
+            try:
+                data, label = self.source.read(i)
+                return decode_image(data), label, i
+            except DecodeError as e:
+                self._report(i, str(e))
+            except OSError as e:
+                self._report(i, f"unreadable ({e.strerror or e})")
+            rng = rng or replacement_rng(self.seed, epoch, index)
+            i = int(rng.integers(len(self.source)))
+        self._check_bad_fraction()
+        raise DataError(
+            f"no decodable sample found in {MAX_REPLACEMENT_TRIES} tries starting from "
+            f"{self.source.describe(index)}; is the dataset readable?"
+        )
+
+    def _report(self, index: int, reason: str) -> None:
+        with self._lock:
+            if index not in self.bad:
+                self.bad[index] = BadSample(index, self.source.describe(index), reason)
+
+    def _check_bad_fraction(self) -> None:
+        n_bad, n = len(self.bad), len(self.source)
+        if n_bad > self.max_bad_fraction * n:
+            examples = "; ".join(str(s) for s in list(self.bad.values())[:3])
+            raise DataError(
+                f"{n_bad} of {n} samples ({100 * n_bad / n:.2f}%) could not be decoded, above "
+                f"data.max_bad_fraction={self.max_bad_fraction}; repair or remove them, or "
+                f"raise the limit. First: {examples}"
+            )

@@ -1,0 +1,255 @@
+"""`Loader`: the drop-in data loader for any PyTorch loop.
+
+    loader = Loader(source, "simclr", batch_size=256, device="cuda", seed=0)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            views, labels, indices = batch.views, batch.labels, batch.indices
+
+``batch.views`` holds one tensor per view size, ``[V, B, 3, S, S]``, normalised, of the
+chosen dtype, on the device; ``flatten(0, 1)`` gives ``[V*B, 3, S, S]`` (channels_last
+strides when asked for). Batches depend only on (seed, epoch, batch number), never on
+the thread count or on where iteration was interrupted, so ``state_dict()`` /
+``load_state_dict()`` resume exactly mid-epoch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from selfsup.errors import DataError
+from selfsup.pipeline import augment
+from selfsup.pipeline.engines.cpu import BadSample, CpuEngine, EngineBatch
+from selfsup.pipeline.sampler import ShardedSampler
+from selfsup.pipeline.sources.base import Source
+from selfsup.pipeline.views import ViewSpec
+from selfsup.pipeline.views import recipe as make_recipe
+
+
+@dataclass
+class Batch:
+    views: list[torch.Tensor]
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class Loader:
+    """Batches of augmented views from a source; see the module docstring.
+
+    Args:
+        source: random access to ``(bytes, label)`` samples.
+        recipe: a recipe name (``simclr``, ``supervised``, ``center_crop_eval``) or a list
+            of :class:`ViewSpec`.
+        batch_size: samples per batch on this rank.
+        device: where batches are delivered. On CUDA the colour chain runs batched on the
+            device from uint8; elsewhere it runs fused per sample in the engine's threads.
+        seed: keys the permutation and every random augmentation choice.
+        size: rescale the recipe so its largest view has this side.
+        view_overrides: ViewSpec fields replaced in every view (e.g. ``{"blur_p": 0}``).
+        dtype, channels_last: the views' dtype and memory format.
+        shuffle, drop_last: as in torch's DataLoader; drop_last keeps batch shapes fixed.
+        threads: engine threads (0: one per core).
+        prefetch: batches prepared ahead in a background thread (0: none).
+        rank, world_size: default to torch.distributed's when initialised.
+        max_bad_fraction: above this fraction of undecodable samples, raise DataError.
+        augment_on_device: run the colour chain batched on ``device`` from uint8 crops
+            (default: on CUDA devices) instead of fused per sample in the engine threads.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        recipe: str | list[ViewSpec] = "simclr",
+        batch_size: int = 256,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        *,
+        size: int | None = None,
+        view_overrides: dict | None = None,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        threads: int = 0,
+        prefetch: int = 2,
+        rank: int | None = None,
+        world_size: int | None = None,
+        max_bad_fraction: float = 0.01,
+        augment_on_device: bool | None = None,
+    ) -> None:
+        if isinstance(recipe, str):
+            views = make_recipe(recipe, size, **(view_overrides or {}))
+        else:
+            views = list(recipe)
+        dist_rank, dist_world = _dist_rank_world()
+        rank = dist_rank if rank is None else rank
+        world_size = dist_world if world_size is None else world_size
+        self.source = source
+        self.views = views
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.prefetch = prefetch
+        self.seed = seed
+        self.device_augment = (
+            self.device.type == "cuda" if augment_on_device is None else augment_on_device
+        )
+        self.engine = CpuEngine(
+            source,
+            views,
+            seed=seed,
+            threads=threads,
+            max_bad_fraction=max_bad_fraction,
+            output="uint8" if self.device_augment else "fused",
+        )
+        self.sampler = ShardedSampler(
+            len(source),
+            batch_size,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+        )
+        if len(self.sampler) == 0:
+            raise DataError(
+                f"the dataset has {len(source)} samples, fewer than one global batch of "
+                f"{self.sampler.global_batch_size}; lower the batch size or add data"
+            )
+        self.epoch = 0
+        self._next = 0  # batches of this epoch already handed out
+
+    # -- the public API ------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch to iterate; a new epoch starts at its first batch."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._next = 0
+
+    @property
+    def bad_samples(self) -> list[BadSample]:
+        """Samples replaced so far because they could not be read or decoded."""
+        return list(self.engine.bad.values())
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "batch": self._next,
+            "seed": self.seed,
+            "global_batch_size": self.sampler.global_batch_size,
+            "num_samples": len(self.source),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, mine in (
+            ("seed", self.seed),
+            ("global_batch_size", self.sampler.global_batch_size),
+            ("num_samples", len(self.source)),
+        ):
+            if state[key] != mine:
+                raise DataError(
+                    f"cannot resume the loader: saved {key}={state[key]} but this loader has "
+                    f"{key}={mine}; resume with the same data, seed and global batch size"
+                )
+        self.epoch = int(state["epoch"])
+        self._next = int(state["batch"])
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.sampler.order(self.epoch)
+        epoch, start = self.epoch, self._next
+        batches = (self.sampler.batch(order, k) for k in range(start, len(self)))
+        for raw in self._produce(batches, epoch):
+            self._next += 1
+            yield self._deliver(raw)
+        self._next = 0
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _produce(self, batches, epoch: int) -> Iterator[EngineBatch]:
+        """Engine batches in order, made ``prefetch`` ahead in a background thread."""
+        if self.prefetch == 0:
+            for idx in batches:
+                yield self.engine.load(idx, epoch)
+            return
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def run() -> None:
+            try:
+                for idx in batches:
+                    if stop.is_set() or not put(self.engine.load(idx, epoch)):
+                        return
+                put(done)
+            except BaseException as e:  # handed to the consumer, raised there
+                put(e)
+
+        worker = threading.Thread(target=run, name="selfsup-loader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join()
+
+    def _deliver(self, raw: EngineBatch) -> Batch:
+        dev, pin = self.device, self.device.type == "cuda"
+        if self.device_augment:
+            views = []
+            for group, u8, params in zip(self.engine.groups, raw.views, raw.params, strict=True):
+                u8 = (u8.pin_memory() if pin else u8).to(dev, non_blocking=True)
+                p = torch.from_numpy(params).to(dev, non_blocking=True)
+                out, slot = [], 0
+                for spec in group.specs:
+                    x = u8[slot : slot + spec.count].flatten(0, 1).permute(0, 3, 1, 2)
+                    y = augment.augment_batch(
+                        x,
+                        p[slot : slot + spec.count].flatten(0, 1),
+                        spec,
+                        self.dtype,
+                        self.channels_last,
+                    )
+                    out.append(y.unflatten(0, (spec.count, -1)))
+                    slot += spec.count
+                views.append(torch.cat(out) if len(out) > 1 else out[0])
+        else:
+            views = []
+            for v in raw.views:
+                if self.channels_last:
+                    # [V,B,3,S,S] whose flatten(0,1) has NHWC strides.
+                    v = v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+                views.append(v.to(dev, self.dtype))
+        return Batch(views, raw.labels.to(dev), raw.indices.to(dev))

@@ -1,0 +1,269 @@
+"""The augmentation graph as data: `ViewSpec`, the named recipes, and per-sample parameters.
+
+A `ViewSpec` names one kind of view; a recipe is a list of them. Every engine and the
+reference implementation read the same spec, and draw the same per-sample parameters
+with :func:`draw_params` from the counter-based generator of ``rng.py``, so their outputs
+can be compared in tests.
+
+Per-sample parameters travel as one float row of length ``NPARAM`` per (sample, view),
+laid out by the ``P_*`` column indices below. The CPU engine applies a row per sample in
+its threads; the device path stacks the rows into a ``[B, NPARAM]`` tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from selfsup.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Column layout of a parameter row.
+P_Y0, P_X0, P_H, P_W = 0, 1, 2, 3  # crop box in the decoded image (pixels)
+P_FLIP = 4  # 1: mirror horizontally
+P_JITTER = 5  # 1: apply colour jitter
+P_BRIGHTNESS, P_CONTRAST, P_SATURATION, P_HUE = 6, 7, 8, 9  # jitter factors
+P_ORDER = 10  # 4 columns: the jitter ops in the order applied (0=b, 1=c, 2=s, 3=h)
+P_GRAY = 14  # 1: convert to 3-channel grayscale
+P_BLUR_SIGMA = 15  # Gaussian blur sigma in pixels; 0: no blur
+P_SOLARIZE = 16  # 1: solarize (x >= 0.5 -> 1 - x)
+P_MASK = 17  # 1: replace the background using the saliency mask (reserved for recipes)
+NPARAM = 18
+
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision and PIL
+
+CROP_MODES = ("random_resized", "center")
+INTERPOLATIONS = ("bilinear", "bicubic")
+BLUR_KERNEL_RULES = ("relative", "sigma")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One kind of view: how to cut it, how big, and which random ops to apply.
+
+    Probabilities are per sample. ``crop="center"`` cuts the central square whose side is
+    ``center_fraction`` of the shorter image side (the same region as "resize the shorter
+    side to size / center_fraction, then centre-crop size"), with no random ops.
+    ``blur_kernel="relative"`` sizes the Gaussian at 10% of the view side as SimCLR and BYOL
+    do; ``"sigma"`` sizes it from sigma (radius ceil(3 sigma)) as PIL-based recipes do.
+    """
+
+    size: int
+    count: int = 1
+    crop: str = "random_resized"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    center_fraction: float = 0.875
+    interpolation: str = "bicubic"
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.8
+    contrast: float = 0.8
+    saturation: float = 0.8
+    hue: float = 0.2
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: str = "relative"
+    solarize_p: float = 0.0
+    mask_p: float = 0.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> ConfigError:
+            return ConfigError(f"view spec: {what}")
+
+        if self.size < 1:
+            raise bad(f"size must be >= 1, got {self.size}")
+        if self.count < 1:
+            raise bad(f"count must be >= 1, got {self.count}")
+        if self.crop not in CROP_MODES:
+            raise bad(f"crop must be one of {CROP_MODES}, got {self.crop!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise bad(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.blur_kernel not in BLUR_KERNEL_RULES:
+            raise bad(f"blur_kernel must be one of {BLUR_KERNEL_RULES}, got {self.blur_kernel!r}")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise bad(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise bad(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
+        if not 0 < self.center_fraction <= 1:
+            raise bad(f"center_fraction must be in (0, 1], got {self.center_fraction}")
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "mask_p"):
+            p = getattr(self, name)
+            if not 0 <= p <= 1:
+                raise bad(f"{name} must be a probability in [0, 1], got {p}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.hue <= 0.5:
+            raise bad(f"hue must be in [0, 0.5], got {self.hue}")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise bad(f"blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
+        if min(self.std) <= 0:
+            raise bad(f"std must be positive, got {self.std}")
+
+    @property
+    def blur_radius_max(self) -> int:
+        """Largest blur radius this view can use (sizes buffers and kernels)."""
+        if self.blur_kernel == "relative":
+            return blur_radius(self, self.blur_sigma[1])
+        return max(1, math.ceil(3.0 * self.blur_sigma[1]))
+
+
+def blur_radius(spec: ViewSpec, sigma: float) -> int:
+    """Radius of the Gaussian blur kernel (taps = 2 * radius + 1)."""
+    if spec.blur_kernel == "relative":
+        # SimCLR: kernel_size = side // 10, radius = kernel_size // 2.
+        return max(1, (spec.size // 10) // 2)
+    return max(1, math.ceil(3.0 * sigma))
+
+
+def gaussian_kernel1d(sigma: float, radius: int) -> np.ndarray:
+    """Normalised 1-D Gaussian of 2 * radius + 1 taps, float32."""
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-sample parameters
+# ---------------------------------------------------------------------------------------
+
+
+def _random_resized_box(
+    spec: ViewSpec, rng: np.random.Generator, h: int, w: int
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box: 10 tries in area and log-ratio, then a fallback."""
+    area = h * w
+    log_r = (math.log(spec.ratio[0]), math.log(spec.ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(spec.scale[0], spec.scale[1])
+        aspect = math.exp(rng.uniform(log_r[0], log_r[1]))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            y0 = int(rng.integers(0, h - ch + 1))
+            x0 = int(rng.integers(0, w - cw + 1))
+            return y0, x0, ch, cw
+    # Fallback: the whole image, clamped to the allowed aspect ratios, centred.
+    in_ratio = w / h
+    if in_ratio < spec.ratio[0]:
+        cw, ch = w, int(round(w / spec.ratio[0]))
+    elif in_ratio > spec.ratio[1]:
+        ch, cw = h, int(round(h * spec.ratio[1]))
+    else:
+        cw, ch = w, h
+    ch, cw = max(1, min(ch, h)), max(1, min(cw, w))
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def _center_box(spec: ViewSpec, h: int, w: int) -> tuple[int, int, int, int]:
+    side = max(1, int(round(spec.center_fraction * min(h, w))))
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
+def draw_params(spec: ViewSpec, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Draw one view's parameter row for a decoded image of ``h`` x ``w`` pixels.
+
+    The draws happen in a fixed order whatever the probabilities, so changing one
+    probability does not reshuffle the other choices of the same sample.
+    """
+    p = np.zeros(NPARAM, dtype=np.float32)
+    if spec.crop == "center":
+        p[P_Y0], p[P_X0], p[P_H], p[P_W] = _center_box(spec, h, w)
+        p[P_ORDER : P_ORDER + 4] = (0, 1, 2, 3)
+        return p
+    p[P_Y0], p[P_X0], p[P_H], p[P_W] = _random_resized_box(spec, rng, h, w)
+    u = rng.random(6)  # flip, jitter, gray, blur, solarize, mask coins
+    p[P_FLIP] = u[0] < spec.flip_p
+    p[P_JITTER] = u[1] < spec.jitter_p
+    b, c, s = spec.brightness, spec.contrast, spec.saturation
+    p[P_BRIGHTNESS] = rng.uniform(max(0.0, 1 - b), 1 + b)
+    p[P_CONTRAST] = rng.uniform(max(0.0, 1 - c), 1 + c)
+    p[P_SATURATION] = rng.uniform(max(0.0, 1 - s), 1 + s)
+    p[P_HUE] = rng.uniform(-spec.hue, spec.hue)
+    p[P_ORDER : P_ORDER + 4] = rng.permutation(4)
+    p[P_GRAY] = u[2] < spec.grayscale_p
+    sigma = rng.uniform(spec.blur_sigma[0], spec.blur_sigma[1])
+    p[P_BLUR_SIGMA] = sigma if u[3] < spec.blur_p else 0.0
+    p[P_SOLARIZE] = u[4] < spec.solarize_p
+    p[P_MASK] = u[5] < spec.mask_p
+    return p
+
+
+# ---------------------------------------------------------------------------------------
+# Recipes
+# ---------------------------------------------------------------------------------------
+
+
+def _simclr(size: int = 224) -> list[ViewSpec]:
+    # SimCLR colour distortion s=1: jitter (0.8, 0.8, 0.8, 0.2) p=0.8 in random order,
+    # grayscale p=0.2, blur p=0.5 with sigma U[0.1, 2] and a kernel of 10% of the side,
+    # bicubic random resized crop (0.08, 1), flip, no solarize. Both views alike.
+    return [ViewSpec(size=size, count=2)]
+
+
+def _supervised(size: int = 224) -> list[ViewSpec]:
+    return [
+        ViewSpec(size=size, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, interpolation="bilinear")
+    ]
+
+
+def _center_crop_eval(size: int = 224) -> list[ViewSpec]:
+    return [ViewSpec(size=size, crop="center", interpolation="bilinear")]
+
+
+RECIPES = {
+    "simclr": _simclr,
+    "supervised": _supervised,
+    "center_crop_eval": _center_crop_eval,
+}
+
+
+def recipe(name: str, size: int | None = None, **overrides) -> list[ViewSpec]:
+    """The named recipe's view specs, optionally at another size and with field overrides.
+
+    ``size`` rescales the first (largest) view to ``size`` and any smaller views in
+    proportion; ``overrides`` replace fields of every view (e.g. ``blur_p=0``).
+    """
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    views = RECIPES[name]()
+    if size is not None:
+        base = views[0].size
+        views = [replace(v, size=max(1, round(v.size * size / base))) for v in views]
+    if overrides:
+        try:
+            views = [replace(v, **overrides) for v in views]
+        except TypeError as e:
+            raise ConfigError(f"recipe {name!r}: {e}") from None
+    return views
+
+
+@dataclass(frozen=True)
+class ViewGroup:
+    """Views of one size, returned stacked as one tensor ``[count, B, 3, size, size]``."""
+
+    size: int
+    specs: list[ViewSpec] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return sum(s.count for s in self.specs)
+
+
+def group_by_size(views: list[ViewSpec]) -> list[ViewGroup]:
+    """Group a recipe's views by output size, largest first, keeping their order inside."""
+    sizes = sorted({v.size for v in views}, reverse=True)
+    return [ViewGroup(size=s, specs=[v for v in views if v.size == s]) for s in sizes]
+
+
+def expand(views: list[ViewSpec]) -> list[ViewSpec]:
+    """One entry per individual view (a spec with count=k appears k times), in group order."""
+    return [s for g in group_by_size(views) for s in g.specs for _ in range(s.count)]

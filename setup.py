@@ -1,0 +1,30 @@
+"""selfsup: data-pipeline-first self-supervised pretraining for image encoders."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="selfsup",
+    version="0.1.0",
+    description="Self-supervised pretraining of image encoders, built data-pipeline-first",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["selfsup", "selfsup.*"]),
+    install_requires=[
+        # torch is pinned to the CPU wheel on CPU-only machines through
+        # constraints/cpu.txt (see the Makefile); GPU users get their normal torch.
+        "torch>=2.4",
+        "numpy>=1.24",
+        "numba>=0.59",
+        "opencv-python-headless>=4.8",
+        "simplejpeg>=1.7",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "dali": ["nvidia-dali-cuda120"],
+        "triton": ["triton"],
+        "dev": ["pytest>=7", "ruff>=0.4"],
+    },
+    entry_points={"console_scripts": ["selfsup=selfsup.cli:main"]},
+)

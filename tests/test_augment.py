@@ -1,0 +1,351 @@
+"""The three augmentation paths against the float64 reference and against plain facts."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.pipeline.augment import (
+    augment_batch,
+    augment_cpu,
+    augment_reference,
+    crop_resize,
+    warmup,
+)
+from selfsup.pipeline.rng import sample_rng
+from selfsup.pipeline.views import (
+    GRAY_WEIGHTS,
+    NPARAM,
+    P_BLUR_SIGMA,
+    P_BRIGHTNESS,
+    P_CONTRAST,
+    P_FLIP,
+    P_GRAY,
+    P_H,
+    P_HUE,
+    P_JITTER,
+    P_ORDER,
+    P_SATURATION,
+    P_SOLARIZE,
+    P_W,
+    ViewSpec,
+    draw_params,
+)
+
+TOL = 1e-4  # in [0, 1] pixel units
+ALL_ON = {"jitter_p": 1.0, "grayscale_p": 1.0, "blur_p": 1.0, "solarize_p": 1.0}
+# Output in [0, 1] units: mean 0, std 1 make normalisation the identity.
+UNIT = ViewSpec(size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), **ALL_ON)
+
+SPECS = {
+    "simclr32": ViewSpec(size=32),
+    "all_on64": ViewSpec(size=64, **ALL_ON),
+    "sigma32": ViewSpec(
+        size=32, blur_kernel="sigma", jitter_p=1.0, grayscale_p=0.5, blur_p=0.7, solarize_p=0.3
+    ),
+    "bilinear64": ViewSpec(size=64, interpolation="bilinear", grayscale_p=0.5, solarize_p=0.5),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled() -> None:
+    warmup()
+
+
+def run_cpu(crop: np.ndarray, row: np.ndarray, spec: ViewSpec) -> np.ndarray:
+    out = np.full((3, spec.size, spec.size), np.nan, dtype=np.float32)
+    augment_cpu(crop, row, spec, out)
+    return out
+
+
+def run_batch(crops: list[np.ndarray], rows: list[np.ndarray], spec: ViewSpec, **kw):
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+    return augment_batch(x, torch.from_numpy(np.stack(rows)), spec, **kw)
+
+
+def all_paths(crop: np.ndarray, row: np.ndarray, spec: ViewSpec = UNIT) -> dict[str, np.ndarray]:
+    return {
+        "reference": augment_reference(crop, row, spec),
+        "cpu": run_cpu(crop, row, spec),
+        "batch": run_batch([crop], [row], spec)[0].numpy(),
+    }
+
+
+def to_unit(y: np.ndarray, spec: ViewSpec) -> np.ndarray:
+    """Undo the normalisation: back to [0, 1] pixel units."""
+    return y * np.asarray(spec.std).reshape(3, 1, 1) + np.asarray(spec.mean).reshape(3, 1, 1)
+
+
+def make_row(cols: dict[int, float] | None = None) -> np.ndarray:
+    """A row with every op off (neutral factors, identity order), then ``cols`` set."""
+    row = np.zeros(NPARAM, dtype=np.float32)
+    row[P_ORDER : P_ORDER + 4] = (0, 1, 2, 3)
+    row[[P_BRIGHTNESS, P_CONTRAST, P_SATURATION]] = 1.0
+    for col, value in (cols or {}).items():
+        row[col] = value
+    return row
+
+
+def jitter_row(order: tuple[int, ...] = (0, 1, 2, 3), **factors: float) -> np.ndarray:
+    """Jitter on, in ``order``; factors by initial: b, c, s (neutral 1) and h (neutral 0)."""
+    row = make_row({P_JITTER: 1.0})
+    row[P_ORDER : P_ORDER + 4] = order
+    for name, value in factors.items():
+        row[{"b": P_BRIGHTNESS, "c": P_CONTRAST, "s": P_SATURATION, "h": P_HUE}[name]] = value
+    return row
+
+
+def random_image(seed: int, h: int, w: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def solid(rgb: tuple[int, int, int], size: int = UNIT.size) -> np.ndarray:
+    return np.broadcast_to(np.asarray(rgb, np.uint8), (size, size, 3)).copy()
+
+
+def assert_all_close(paths: dict[str, np.ndarray], want: np.ndarray, atol: float = TOL) -> None:
+    for name, got in paths.items():
+        np.testing.assert_allclose(got, want, atol=atol, rtol=0, err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------
+# The fast paths against the reference, on rows drawn from real specs
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_fast_paths_match_reference(name: str) -> None:
+    spec = SPECS[name]
+    crops, rows = [], []
+    for i in range(24):
+        rng = sample_rng(7, 0, i, 0)
+        h, w = (int(v) for v in rng.integers(20, 90, size=2))
+        row = draw_params(spec, rng, h, w)
+        crops.append(crop_resize(random_image(i, h, w), row, spec))
+        rows.append(row)
+    batch = run_batch(crops, rows, spec).numpy()
+    for i, (crop, row) in enumerate(zip(crops, rows, strict=True)):
+        want = to_unit(augment_reference(crop, row, spec), spec)
+        for path, got in (("cpu", run_cpu(crop, row, spec)), ("batch", batch[i])):
+            err = np.abs(to_unit(got, spec) - want).max()
+            assert err < TOL, f"{name} sample {i} {path}: max error {err:.2e}, row {row}"
+    # the rows exercised every op at least once
+    stacked = np.stack(rows)
+    for col, p in ((P_JITTER, spec.jitter_p), (P_GRAY, spec.grayscale_p)):
+        assert (stacked[:, col] != 0).any() == (p > 0)
+    assert (stacked[:, P_BLUR_SIGMA] > 0).any() == (spec.blur_p > 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Each op against an independent fact
+# ---------------------------------------------------------------------------------------
+
+
+def test_brightness_half_halves_values() -> None:
+    crop = random_image(1, 16, 16)
+    want = crop.transpose(2, 0, 1) / 255.0 * 0.5
+    assert_all_close(all_paths(crop, jitter_row(b=0.5)), want)
+
+
+def test_contrast_zero_gives_the_mean_gray() -> None:
+    crop = random_image(2, 16, 16)
+    gray = (crop / 255.0) @ np.asarray(GRAY_WEIGHTS)
+    assert_all_close(all_paths(crop, jitter_row(c=0.0)), np.full((3, 16, 16), gray.mean()))
+
+
+def test_saturation_zero_gives_gray() -> None:
+    crop = random_image(3, 16, 16)
+    gray = (crop / 255.0) @ np.asarray(GRAY_WEIGHTS)
+    assert_all_close(all_paths(crop, jitter_row(s=0.0)), np.broadcast_to(gray, (3, 16, 16)))
+
+
+@pytest.mark.parametrize(
+    ("shift", "source", "target"),
+    [
+        (1 / 3, (255, 0, 0), (0, 1, 0)),  # red -> green
+        (1 / 3, (0, 255, 0), (0, 0, 1)),  # green -> blue
+        (-1 / 3, (255, 0, 0), (0, 0, 1)),  # red -> blue
+        (0.5, (255, 0, 0), (0, 1, 1)),  # red -> cyan
+    ],
+)
+def test_hue_shift_rotates_primaries(shift: float, source: tuple, target: tuple) -> None:
+    want = np.broadcast_to(np.asarray(target, float).reshape(3, 1, 1), (3, 16, 16))
+    assert_all_close(all_paths(solid(source), jitter_row(h=shift)), want)
+
+
+def test_hue_shift_zero_is_identity() -> None:
+    crop = random_image(4, 16, 16)
+    assert_all_close(all_paths(crop, jitter_row(h=0.0)), crop.transpose(2, 0, 1) / 255.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("channel", [0, 1, 2])
+def test_grayscale_weights(channel: int) -> None:
+    rgb = [0, 0, 0]
+    rgb[channel] = 255
+    want = np.full((3, 16, 16), GRAY_WEIGHTS[channel])
+    assert_all_close(all_paths(solid(tuple(rgb)), make_row({P_GRAY: 1.0})), want, atol=1e-6)
+
+
+def test_solarize_threshold_is_128() -> None:
+    crop = np.zeros((16, 16, 3), np.uint8)
+    crop[:, :8], crop[:, 8:] = 127, 128
+    want = np.empty((3, 16, 16))
+    want[:, :, :8], want[:, :, 8:] = 127 / 255, 1 - 128 / 255
+    assert_all_close(all_paths(crop, make_row({P_SOLARIZE: 1.0})), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", ["relative", "sigma"])
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 2.0])
+def test_blur_keeps_a_constant_image(kernel: str, sigma: float) -> None:
+    spec = ViewSpec(size=16, blur_kernel=kernel, mean=(0, 0, 0), std=(1, 1, 1), **ALL_ON)
+    want = np.broadcast_to(np.array([40, 128, 220]).reshape(3, 1, 1) / 255, (3, 16, 16))
+    paths = all_paths(solid((40, 128, 220)), make_row({P_BLUR_SIGMA: sigma}), spec)
+    assert_all_close(paths, want, atol=1e-6)
+
+
+def test_blur_spreads_but_keeps_the_sum_away_from_borders() -> None:
+    spec = ViewSpec(size=32, blur_kernel="sigma", mean=(0, 0, 0), std=(1, 1, 1), **ALL_ON)
+    crop = np.zeros((32, 32, 3), np.uint8)
+    crop[14:18, 15:17] = (255, 100, 30)
+    for name, got in all_paths(crop, make_row({P_BLUR_SIGMA: 1.5}), spec).items():
+        np.testing.assert_allclose(got.sum(axis=(1, 2)), crop.sum(axis=(0, 1)) / 255, rtol=1e-5)
+        assert (got[:, 12, 16] > 0).all() and got.max() < 0.9, name  # it did spread
+
+
+def test_jitter_order_matters() -> None:
+    crop = random_image(5, 16, 16)
+    b_then_c = jitter_row((0, 1, 2, 3), b=1.8, c=0.3)
+    c_then_b = jitter_row((1, 0, 2, 3), b=1.8, c=0.3)
+    one, two = all_paths(crop, b_then_c), all_paths(crop, c_then_b)
+    assert np.abs(one["reference"] - two["reference"]).max() > 0.05
+    # and each against the two ops written out in that order
+    x = crop.transpose(2, 0, 1) / 255.0
+
+    def contrast(v: np.ndarray) -> np.ndarray:
+        m = (v.transpose(1, 2, 0) @ np.asarray(GRAY_WEIGHTS)).mean()
+        return np.clip(m + 0.3 * (v - m), 0, 1)
+
+    assert_all_close(one, contrast(np.clip(x * 1.8, 0, 1)))
+    assert_all_close(two, np.clip(contrast(x) * 1.8, 0, 1))
+
+
+def test_all_ops_off_gives_the_normalised_input() -> None:
+    spec = ViewSpec(size=16, **ALL_ON)
+    crop = random_image(6, 16, 16)
+    mean, std = np.asarray(spec.mean).reshape(3, 1, 1), np.asarray(spec.std).reshape(3, 1, 1)
+    want = (crop.transpose(2, 0, 1) / 255.0 - mean) / std
+    assert_all_close(all_paths(crop, make_row(), spec), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_crop_resize_full_box_same_size_is_identity(interpolation: str) -> None:
+    spec = ViewSpec(size=24, interpolation=interpolation)
+    img = random_image(7, 24, 24)
+    np.testing.assert_array_equal(crop_resize(img, make_row({P_H: 24, P_W: 24}), spec), img)
+
+
+def test_crop_resize_cuts_the_box_and_flips() -> None:
+    spec = ViewSpec(size=10)
+    img = random_image(8, 30, 40)
+    row = make_row({P_H: 10, P_W: 10})
+    row[:2] = (5, 17)  # y0, x0
+    plain = crop_resize(img, row, spec)
+    np.testing.assert_array_equal(plain, img[5:15, 17:27])
+    row[P_FLIP] = 1
+    out = np.empty((10, 10, 3), np.uint8)
+    assert crop_resize(img, row, spec, out) is out
+    np.testing.assert_array_equal(out, plain[:, ::-1])
+
+
+# ---------------------------------------------------------------------------------------
+# The batched path: dtype, layout, independence of samples
+# ---------------------------------------------------------------------------------------
+
+
+def drawn_batch(spec: ViewSpec, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rows = [draw_params(spec, sample_rng(3, 1, i, 0), 48, 48) for i in range(n)]
+    crops = [crop_resize(random_image(100 + i, 48, 48), r, spec) for i, r in enumerate(rows)]
+    return crops, rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_dtype_and_layout(dtype: torch.dtype, channels_last: bool) -> None:
+    spec = SPECS["all_on64"]
+    crops, rows = drawn_batch(spec, 4)
+    y = run_batch(crops, rows, spec, dtype=dtype, channels_last=channels_last)
+    assert y.dtype == dtype and y.shape == (4, 3, 64, 64)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert y.is_contiguous() != channels_last
+    full = run_batch(crops, rows, spec).numpy()
+    np.testing.assert_allclose(y.float().numpy(), full, atol=0.02 if dtype != torch.float32 else 0)
+
+
+def test_batch_accepts_nhwc_strided_input() -> None:
+    spec = SPECS["sigma32"]
+    crops, rows = drawn_batch(spec, 6)
+    nhwc = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)  # as the loader passes it
+    got = augment_batch(nhwc, torch.from_numpy(np.stack(rows)), spec)
+    np.testing.assert_array_equal(got.numpy(), run_batch(crops, rows, spec).numpy())
+
+
+@pytest.mark.parametrize("name", ["all_on64", "sigma32"])
+def test_batch_samples_are_independent(name: str) -> None:
+    spec = SPECS[name]
+    crops, rows = drawn_batch(spec, 8)
+    together = run_batch(crops, rows, spec).numpy()
+    for i in range(8):
+        alone = run_batch([crops[i]], [rows[i]], spec)[0].numpy()
+        np.testing.assert_allclose(together[i], alone, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------
+# The CPU path from several threads
+# ---------------------------------------------------------------------------------------
+
+
+def test_cpu_path_is_thread_safe() -> None:
+    spec = SPECS["all_on64"]
+    crops, rows = drawn_batch(spec, 16)
+    sequential = np.stack([run_cpu(c, r, spec) for c, r in zip(crops, rows, strict=True)])
+    parallel = np.full_like(sequential, np.nan)
+
+    def work(part: range) -> None:
+        for _ in range(3):
+            for i in part:
+                augment_cpu(crops[i], rows[i], spec, parallel[i])
+
+    threads = [threading.Thread(target=work, args=(range(k, 16, 2),)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_array_equal(parallel, sequential)
+
+
+def test_cpu_path_rejects_wrong_buffers() -> None:
+    spec = ViewSpec(size=16)
+    crop = random_image(9, 16, 16)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        augment_cpu(crop, make_row(), spec, np.empty((3, 16, 32), np.float32)[:, :, ::2])
+    with pytest.raises(ValueError, match="crop"):
+        augment_cpu(random_image(9, 16, 17), make_row(), spec, np.empty((3, 16, 16), np.float32))
+
+
+@pytest.mark.gpu
+def test_batch_path_does_not_sync_the_host() -> None:
+    spec = SPECS["all_on64"]
+    crops, rows = drawn_batch(spec, 8)
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous().cuda()
+    params = torch.from_numpy(np.stack(rows)).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = augment_batch(x, params, spec, dtype=torch.bfloat16, channels_last=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    want = run_batch(crops, rows, spec).numpy()
+    np.testing.assert_allclose(y.float().cpu().numpy(), want, atol=0.02)

@@ -1,0 +1,106 @@
+import subprocess
+import sys
+
+import pytest
+
+from selfsup.cli import main
+
+
+def run_main(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(code, err, pattern):
+    import re
+
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("selfsup: error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in err
+
+
+def test_missing_data_path(capsys, tmp_path):
+    code, _, err = run_main(
+        capsys, "pretrain", "data.source=folder", f"data.path={tmp_path / 'nope'}",
+        f"run_dir={tmp_path}",
+    )  # fmt: skip
+    assert_one_line_error(code, err, r"data\.path .*nope.* does not exist")
+
+
+def test_folder_source_without_path(capsys, tmp_path):
+    code, _, err = run_main(capsys, "pretrain", "data.source=folder", f"run_dir={tmp_path}")
+    assert_one_line_error(code, err, r"data\.path is not set")
+
+
+def test_unreadable_and_invalid_configs(capsys, tmp_path):
+    code, _, err = run_main(capsys, "pretrain", "--config", str(tmp_path / "none.yaml"))
+    assert_one_line_error(code, err, r"config file .*none\.yaml.* not found")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: [\n")
+    code, _, err = run_main(capsys, "pretrain", "--config", str(bad))
+    assert_one_line_error(code, err, r"bad\.yaml: not valid YAML at line")
+    bad.write_text("train: {epochs: -2}\n")
+    code, _, err = run_main(capsys, "pretrain", "--config", str(bad))
+    assert_one_line_error(code, err, r"train\.epochs must be >= 1")
+    unreadable = tmp_path / "dir.yaml"
+    unreadable.mkdir()
+    code, _, err = run_main(capsys, "pretrain", "--config", str(unreadable))
+    assert_one_line_error(code, err, r"cannot read config file")
+
+
+def test_unknown_method_and_model(capsys, tmp_path):
+    code, _, err = run_main(capsys, "pretrain", "method.name=simsiam")
+    assert_one_line_error(code, err, r"unknown method 'simsiam'; choose one of simclr")
+    code, _, err = run_main(capsys, "pretrain", "model.arch=resnet7", f"run_dir={tmp_path}")
+    assert_one_line_error(
+        code, err, r"unknown model 'resnet7' in model.arch; choose one of .*resnet50"
+    )
+
+
+def test_bad_override_and_resume_errors(capsys, tmp_path):
+    code, _, err = run_main(capsys, "pretrain", "train.epochs")
+    assert_one_line_error(code, err, r"must look like key\.sub=value")
+    code, _, err = run_main(capsys, "pretrain", "--resume", str(tmp_path))
+    assert_one_line_error(code, err, r"is not a run directory")
+    code, _, err = run_main(capsys, "pretrain", "--resume", str(tmp_path), "train.epochs=3")
+    assert_one_line_error(code, err, r"--resume continues a run with its saved config")
+
+
+def test_subprocess_exit_status_and_no_traceback(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "selfsup", "pretrain", "optim.name=adam"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("selfsup: error:") and "Traceback" not in r.stderr
+    assert "optim.name must be one of 'lars', 'sgd', 'adamw'" in r.stderr
+
+
+def test_help_documents_commands():
+    r = subprocess.run(
+        [sys.executable, "-m", "selfsup", "pretrain", "--help"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and "--resume" in r.stdout and "key.sub=value" in r.stdout
+
+
+@pytest.mark.parametrize("arch", ["resnet18"])
+def test_corrupt_image_in_folder_run_is_reported(capsys, synthetic_root, tmp_path, arch):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    victim = sorted((root / "train").glob("03_*/*.jpg"))[0]
+    victim.write_bytes(b"\x00garbage" * 10)
+    from tests.conftest import TINY_OVERRIDES
+
+    code, out, err = run_main(
+        capsys, "pretrain", "--no-progress", *TINY_OVERRIDES, "data.source=folder",
+        f"data.path={root}", f"model.arch={arch}", "train.epochs=1", f"run_dir={tmp_path}",
+        "name=r", "data.max_bad_fraction=0.05",
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"skipped bad sample {victim}: not a decodable image" in err
+    assert "bad samples skipped: 1" in out
