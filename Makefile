@@ -11,7 +11,6 @@ PIP_ARGS = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 $(VENV)/.installed: setup.py $(wildcard constraints/*.txt)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q $(PIP_ARGS) -e '.[dev]'
 	touch $@
 

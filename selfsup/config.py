@@ -9,6 +9,7 @@ section is typed by the chosen method's own dataclass (``METHODS[name].Config``)
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import yaml
 from selfsup.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def choice(default: Any, *choices: Any) -> Any:
@@ -80,7 +82,7 @@ class TrainConfig:
     seed: int = 0
     device: str = choice("auto", "auto", "cpu", "cuda")
     precision: str = choice("auto", "auto", "fp32", "bf16", "fp16")  # auto: bf16 on GPU
-    channels_last: bool = True  # used on GPU only
+    channels_last: bool = True  # NHWC model and batches (faster convolutions on GPU and CPU)
     threads: int = bounded(0, 0)  # torch intra-op threads; 0 = torch's default
     log_every: int = bounded(10, 1)  # steps between synchronised log lines
     checkpoint_every: int = bounded(100, 1)  # steps between checkpoints (also each epoch end)
@@ -148,6 +150,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         item_tp = args[0] if args else Any
         return origin(_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value))
     if tp is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
         return float(value)

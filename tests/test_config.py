@@ -25,6 +25,14 @@ def test_overrides_are_typed_and_nested():
     assert cfg.data.view_overrides == {"blur_p": 0}
 
 
+def test_exponent_without_dot_is_a_float(tmp_path):
+    # YAML 1.1 reads 1e-4 as a string; a float field still accepts it, in files and overrides.
+    assert load_config("default", ["optim.weight_decay=1e-4"]).optim.weight_decay == 1e-4
+    assert load_config(write(tmp_path, "optim: {lr: 5e-1}\n")).optim.lr == 0.5
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config("default", ["optim.lr=1e-4x"])
+
+
 def test_int_widens_to_float_but_not_the_reverse(tmp_path):
     assert load_config(write(tmp_path, "optim: {lr: 1}\n")).optim.lr == 1.0
     with pytest.raises(ConfigError, match=r"train\.epochs must be an integer"):

@@ -110,7 +110,7 @@ def pretrain(
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
-    channels_last = cfg.train.channels_last and device.type == "cuda"
+    channels_last = cfg.train.channels_last
 
     data = cfg.data
     train_source = open_split(data, data.train_split)
