@@ -34,13 +34,12 @@ def extract_features(
     )
     was_training = backbone.training
     backbone.eval()
-    feats, labels, indices = [], [], []
+    feats, labels = [], []
     try:
         for batch in loader:
             f = backbone(batch.views[0].flatten(0, 1)).float()
             feats.append(nn.functional.normalize(f, dim=1))
             labels.append(batch.labels)
-            indices.append(batch.indices)
     finally:
         loader.close()
         backbone.train(was_training)
