@@ -32,7 +32,10 @@ import torch.nn.functional as F
 
 from selfsup.pipeline.augment_reference import augment_reference  # re-exported
 from selfsup.pipeline.views import (
+    BRIGHTNESS,
+    CONTRAST,
     GRAY_WEIGHTS,
+    HUE,
     NPARAM,
     P_BLUR_SIGMA,
     P_BRIGHTNESS,
@@ -48,6 +51,7 @@ from selfsup.pipeline.views import (
     P_W,
     P_X0,
     P_Y0,
+    SATURATION,
     ViewSpec,
     blur_radius,
     gaussian_kernel1d,
@@ -57,7 +61,6 @@ __all__ = ["augment_batch", "augment_cpu", "augment_reference", "crop_resize", "
 
 _CV2_INTERP = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 WR, WG, WB = GRAY_WEIGHTS
-BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3  # values of the P_ORDER columns
 
 
 # ---------------------------------------------------------------------------------------

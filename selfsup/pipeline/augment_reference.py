@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from selfsup.pipeline.views import (
+    BRIGHTNESS,
+    CONTRAST,
     GRAY_WEIGHTS,
+    HUE,
     P_BLUR_SIGMA,
     P_BRIGHTNESS,
     P_CONTRAST,
@@ -20,13 +23,13 @@ from selfsup.pipeline.views import (
     P_ORDER,
     P_SATURATION,
     P_SOLARIZE,
+    SATURATION,
     ViewSpec,
     blur_radius,
     gaussian_kernel1d,
 )
 
 WR, WG, WB = GRAY_WEIGHTS
-BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3  # values of the P_ORDER columns
 
 
 def _gray(x: np.ndarray) -> np.ndarray:

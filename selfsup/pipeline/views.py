@@ -27,12 +27,15 @@ P_Y0, P_X0, P_H, P_W = 0, 1, 2, 3  # crop box in the decoded image (pixels)
 P_FLIP = 4  # 1: mirror horizontally
 P_JITTER = 5  # 1: apply colour jitter
 P_BRIGHTNESS, P_CONTRAST, P_SATURATION, P_HUE = 6, 7, 8, 9  # jitter factors
-P_ORDER = 10  # 4 columns: the jitter ops in the order applied (0=b, 1=c, 2=s, 3=h)
+P_ORDER = 10  # 4 columns: the jitter ops in the order applied, as the op codes below
 P_GRAY = 14  # 1: convert to 3-channel grayscale
 P_BLUR_SIGMA = 15  # Gaussian blur sigma in pixels; 0: no blur
 P_SOLARIZE = 16  # 1: solarize (x >= 0.5 -> 1 - x)
 P_MASK = 17  # 1: replace the background using the saliency mask (reserved for recipes)
 NPARAM = 18
+
+# Op codes stored in the P_ORDER columns.
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision and PIL
 
