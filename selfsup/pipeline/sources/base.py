@@ -1,16 +1,23 @@
-"""The source interface: random access to encoded samples ``(bytes, label)``."""
+"""The source interface: random access to samples ``(payload, label)``.
+
+The payload is the encoded image (``bytes``: JPEG, PNG, ...) or, for sources that store
+pixels (in-memory arrays, raw ``.beton`` fields), a decoded ``H x W x 3`` (or ``H x W``)
+uint8 numpy array. ``decode.decode_image`` accepts both.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
+
+import numpy as np
 
 
 @runtime_checkable
 class Source(Protocol):
     """Random access to encoded samples.
 
-    ``read(i)`` returns the encoded image bytes and integer label of sample ``i``;
-    it raises ``OSError`` when the sample cannot be read at all. ``describe(i)`` names the
+    ``read(i)`` returns the payload (encoded bytes or a uint8 pixel array) and integer
+    label of sample ``i``; it raises ``OSError`` when the sample cannot be read at all. ``describe(i)`` names the
     sample for error reports (a path, or ``file.beton#i``).
     """
 
@@ -18,6 +25,6 @@ class Source(Protocol):
 
     def __len__(self) -> int: ...
 
-    def read(self, index: int) -> tuple[bytes, int]: ...
+    def read(self, index: int) -> tuple[bytes | np.ndarray, int]: ...
 
     def describe(self, index: int) -> str: ...
