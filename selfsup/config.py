@@ -38,8 +38,11 @@ def bounded(default: Any, lo: float | None = None, hi: float | None = None) -> A
 class DataConfig:
     """Where the images come from and how views are made."""
 
-    source: str = choice("synthetic", "synthetic", "folder")
-    path: str | None = None  # folder source: a directory holding <train_split>/ and <val_split>/
+    source: str = choice("synthetic", "synthetic", "folder", "beton", "tar")
+    # folder: a directory holding <train_split>/ and <val_split>/ class folders;
+    # beton: a directory holding <train_split>.beton and <val_split>.beton;
+    # tar: a directory holding <train_split>/*.tar and <val_split>/*.tar shards
+    path: str | None = None
     train_split: str = "train"
     val_split: str = "val"
     synthetic_seed: int = 0
@@ -49,7 +52,7 @@ class DataConfig:
     size: int = bounded(224, 8)  # side of the largest view; smaller views scale with it
     eval_size: int = bounded(224, 8)  # side of the centre crop used by k-NN evaluation
     view_overrides: dict[str, Any] = field(default_factory=dict)  # ViewSpec fields for all views
-    engine: str = choice("cpu", "cpu")
+    engine: str = choice("auto", "auto", "cpu", "dali")  # auto: dali on a GPU if installed
     threads: int = bounded(0, 0)  # decode/augment threads; 0 = one per core
     prefetch: int = bounded(2, 0)  # batches prepared ahead of the training step
     max_bad_fraction: float = bounded(0.01, 0.0, 1.0)

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.errors import DataError
+from selfsup.errors import ConfigError, DataError
 from selfsup.pipeline import augment
-from selfsup.pipeline.engines.cpu import BadSample, CpuEngine, EngineBatch
+from selfsup.pipeline.engines.cpu import BadSample, CpuEngine, EngineBatch, HostAugment
 from selfsup.pipeline.sampler import ShardedSampler
 from selfsup.pipeline.sources.base import Source
 from selfsup.pipeline.views import ViewSpec
@@ -36,6 +36,24 @@ class Batch:
     views: list[torch.Tensor]
     labels: torch.Tensor
     indices: torch.Tensor
+
+
+ENGINES = ("auto", "cpu", "dali")
+
+
+def dali_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("nvidia.dali") is not None
+
+
+def resolve_engine(engine: str, device: torch.device) -> str:
+    """The engine ``auto`` stands for on ``device``: dali on CUDA when installed, else cpu."""
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "auto":
+        return "dali" if device.type == "cuda" and dali_installed() else "cpu"
+    return engine
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -65,6 +83,9 @@ class Loader:
         max_bad_fraction: above this fraction of undecodable samples, raise DataError.
         augment_on_device: run the colour chain batched on ``device`` from uint8 crops
             (default: on CUDA devices) instead of fused per sample in the engine threads.
+        engine: ``cpu`` (libjpeg-turbo over a thread pool), ``dali`` (nvJPEG on the GPU of
+            a CUDA ``device``, DALI's CPU-only mode otherwise) or ``auto`` (dali on CUDA
+            devices when nvidia-dali is installed, cpu otherwise).
     """
 
     def __init__(
@@ -87,6 +108,7 @@ class Loader:
         world_size: int | None = None,
         max_bad_fraction: float = 0.01,
         augment_on_device: bool | None = None,
+        engine: str = "auto",
     ) -> None:
         if isinstance(recipe, str):
             views = make_recipe(recipe, size, **(view_overrides or {}))
@@ -105,14 +127,31 @@ class Loader:
         self.device_augment = (
             self.device.type == "cuda" if augment_on_device is None else augment_on_device
         )
-        self.engine = CpuEngine(
-            source,
-            views,
-            seed=seed,
-            threads=threads,
-            max_bad_fraction=max_bad_fraction,
-            output="uint8" if self.device_augment else "fused",
-        )
+        self.engine_name = resolve_engine(engine, self.device)
+        if self.engine_name == "dali":
+            from selfsup.pipeline.engines.dali import DaliEngine
+
+            cuda = self.device.type == "cuda"
+            self.engine = DaliEngine(
+                source,
+                views,
+                seed=seed,
+                threads=threads,
+                max_bad_fraction=max_bad_fraction,
+                device_id=(self.device.index or 0) if cuda else None,
+            )
+            # The colour chain of DALI's uint8 crops runs on the host when not on a device.
+            self._host_augment = None if self.device_augment else HostAugment(views, threads)
+        else:
+            self.engine = CpuEngine(
+                source,
+                views,
+                seed=seed,
+                threads=threads,
+                max_bad_fraction=max_bad_fraction,
+                output="uint8" if self.device_augment else "fused",
+            )
+            self._host_augment = None
         self.sampler = ShardedSampler(
             len(source),
             batch_size,
@@ -171,6 +210,8 @@ class Loader:
 
     def close(self) -> None:
         self.engine.close()
+        if self._host_augment is not None:
+            self._host_augment.close()
 
     def __iter__(self) -> Iterator[Batch]:
         order = self.sampler.order(self.epoch)
@@ -227,6 +268,8 @@ class Loader:
 
     def _deliver(self, raw: EngineBatch) -> Batch:
         dev, pin = self.device, self.device.type == "cuda"
+        if self._host_augment is not None:
+            raw = self._host_augment(raw)
         if self.device_augment:
             views = []
             for group, u8, params in zip(self.engine.groups, raw.views, raw.params, strict=True):

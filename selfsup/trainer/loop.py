@@ -119,7 +119,7 @@ def pretrain(
         train_source, recipe, cfg.train.batch_size, device, cfg.train.seed,
         size=data.size, view_overrides=data.view_overrides,
         channels_last=channels_last, threads=data.threads, prefetch=data.prefetch,
-        max_bad_fraction=data.max_bad_fraction,
+        max_bad_fraction=data.max_bad_fraction, engine=data.engine,
     )  # fmt: skip
 
     torch.manual_seed(cfg.train.seed)

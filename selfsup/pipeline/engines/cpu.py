@@ -164,3 +164,44 @@ class CpuEngine:
                 f"data.max_bad_fraction={self.max_bad_fraction}; repair or remove them, or "
                 f"raise the limit. First: {examples}"
             )
+
+
+class HostAugment:
+    """The colour chain on the host for uint8 engine batches (the dali engine without a GPU).
+
+    Turns an :class:`EngineBatch` of uint8 ``[V, B, S, S, 3]`` views and parameter rows into
+    fused-style float32 ``[V, B, 3, S, S]`` views, one sample per task on a thread pool.
+    """
+
+    def __init__(self, views: list[ViewSpec], threads: int = 0) -> None:
+        self.groups = group_by_size(views)
+        self.specs = [[s for s in g.specs for _ in range(s.count)] for g in self.groups]
+        self.threads = threads or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="selfsup-host-augment")
+        cv2.setNumThreads(1)
+        augment.warmup()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __call__(self, raw: EngineBatch) -> EngineBatch:
+        u8 = [v.cpu().numpy() for v in raw.views]
+        out = [
+            torch.empty((g.count, v.shape[1], 3, g.size, g.size))
+            for g, v in zip(self.groups, u8, strict=True)
+        ]
+        dst = [o.numpy() for o in out]
+
+        def work(positions: np.ndarray) -> None:
+            for pos in positions:
+                for gi, specs in enumerate(self.specs):
+                    for slot, spec in enumerate(specs):
+                        row = raw.params[gi][slot, pos]
+                        crop = np.ascontiguousarray(u8[gi][slot, pos])
+                        augment.augment_cpu(crop, row, spec, dst[gi][slot, pos])
+
+        b = len(raw.labels)
+        chunks = [c for c in np.array_split(np.arange(b), self.threads) if len(c)]
+        for job in [self._pool.submit(work, c) for c in chunks]:
+            job.result()
+        return EngineBatch(out, None, raw.labels.cpu(), raw.indices.cpu())

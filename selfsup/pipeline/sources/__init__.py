@@ -1,4 +1,8 @@
-"""Sources: random access to encoded samples ``(bytes, label)``."""
+"""Sources: random access to samples ``(payload, label)``.
+
+``folder`` (ImageNet layout), ``beton`` (FFCV files), ``tar`` (webdataset-style shards),
+``array`` (in-memory uint8 arrays) and the built-in ``synthetic`` dataset.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +28,33 @@ def open_split(data_cfg, split: str) -> Source:
             val_per_class=data_cfg.synthetic_val_per_class,
         )
         return ImageFolderSource(Path(root) / {"train": "train", "val": "val"}.get(split, split))
+    layout = {
+        "folder": f"{data_cfg.train_split}/ and {data_cfg.val_split}/ class folders",
+        "beton": f"{data_cfg.train_split}.beton and {data_cfg.val_split}.beton",
+        "tar": f"{data_cfg.train_split}/*.tar and {data_cfg.val_split}/*.tar shards",
+    }[data_cfg.source]
     if data_cfg.path is None:
-        raise DataError("data.source is 'folder' but data.path is not set; give data.path=DIR")
+        raise DataError(
+            f"data.source is {data_cfg.source!r} but data.path is not set; "
+            f"give data.path=DIR, a directory holding {layout}"
+        )
     root = Path(data_cfg.path)
     if not root.is_dir():
         raise DataError(
-            f"data.path {str(root)!r} does not exist; give a directory holding "
-            f"{data_cfg.train_split}/ and {data_cfg.val_split}/ class folders"
+            f"data.path {str(root)!r} does not exist; give a directory holding {layout}"
         )
+    if data_cfg.source == "beton":
+        from selfsup.pipeline.sources.beton import BetonSource
+
+        path = root / f"{split}.beton"
+        if not path.is_file():
+            raise DataError(f"{path} not found; data.path must hold {layout}")
+        return BetonSource(path)
+    if data_cfg.source == "tar":
+        from selfsup.pipeline.sources.tar import TarShardSource
+
+        shards = sorted((root / split).glob("*.tar"))
+        if not shards:
+            raise DataError(f"no .tar shards in {root / split}; data.path must hold {layout}")
+        return TarShardSource(shards)
     return ImageFolderSource(root / split)

@@ -17,8 +17,8 @@ class Source(Protocol):
     """Random access to encoded samples.
 
     ``read(i)`` returns the payload (encoded bytes or a uint8 pixel array) and integer
-    label of sample ``i``; it raises ``OSError`` when the sample cannot be read at all. ``describe(i)`` names the
-    sample for error reports (a path, or ``file.beton#i``).
+    label of sample ``i``; it raises ``OSError`` when the sample cannot be read at all.
+    ``describe(i)`` names the sample for error reports (a path, or ``file.beton#i``).
     """
 
     num_classes: int
