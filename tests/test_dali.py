@@ -106,6 +106,9 @@ def test_host_checks_route_only_plain_jpegs_to_dali():
     assert dali_jpeg_size(b"\xff\xd8\xff" + bytes(64)) is None  # header does not parse
     assert dali_jpeg_size(cv2.imencode(".png", img)[1].tobytes()) is None
     assert dali_jpeg_size(img) is None  # decoded pixels
+    sof = good.find(b"\xff\xc0") + 5  # declare a 60000 x 40000 image
+    bomb = good[:sof] + struct.pack(">HH", 60000, 40000) + good[sof + 4 :]
+    assert dali_jpeg_size(bomb) is None
 
 
 def test_missing_dali_is_a_config_error(monkeypatch):

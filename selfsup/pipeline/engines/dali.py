@@ -24,14 +24,15 @@ DALI does the pixel work only. Everything that decides *which* pixels stays in s
 DALI gets only samples it is sure to decode the way ``decode_image`` would: baseline or
 progressive JPEG bytes whose header parses, colour space YCbCr/Gray/RGB, no EXIF rotation
 (so whether or not ``decode_image`` applies EXIF orientation, DALI never has to), ending in an
-EOI marker (a truncated file would otherwise abort the whole DALI batch). Everything else (pixel
+EOI marker (a truncated file would otherwise abort the whole DALI batch), at most
+``MAX_DALI_PIXELS`` pixels. Everything else (pixel
 arrays, PNG and other formats, CMYK, unreadable or damaged files) takes the cpu engine's path,
 so its decode, its replacement of bad samples by ``replacement_rng(seed, epoch, index)``, its
 counting and its ``DataError`` past ``max_bad_fraction`` apply unchanged. If DALI still fails on
 a batch (damage the host checks cannot see), the pipeline is rebuilt and that batch is done by
-the cpu engine, which finds and replaces the bad sample. One difference remains: a JPEG that
-libjpeg-turbo decodes with only a warning (e.g. extraneous bytes) is accepted by DALI, while
-the cpu engine's strict decode counts it as bad.
+the cpu engine, which finds and replaces the bad sample. One difference remains: DALI decodes
+a JPEG whose scan data is damaged (libjpeg-turbo warns "premature end of data segment" and
+fills in grey) without an error, while the cpu engine's strict decode counts it as bad.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ from selfsup.pipeline.views import NPARAM, P_FLIP, P_H, P_W, P_X0, P_Y0, ViewSpe
 INSTALL_HINT = "pip install 'selfsup[dali]' (the nvidia-dali-cuda120 wheel, also for CPU-only use)"
 _DALI_COLORSPACES = ("YCbCr", "Gray", "RGB")
 _EOI = b"\xff\xd9"
+# Larger images (as the header declares them) go to the cpu path, which applies decode's own
+# pixel limit: a decompression bomb must not make DALI allocate its decode buffers.
+MAX_DALI_PIXELS = 100_000_000
 
 
 def _import_dali():
@@ -114,7 +118,7 @@ def dali_jpeg_size(payload) -> tuple[int, int] | None:
         h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
-    if colorspace not in _DALI_COLORSPACES or h < 1 or w < 1:
+    if colorspace not in _DALI_COLORSPACES or not 0 < h * w <= MAX_DALI_PIXELS:
         return None
     if exif_orientation(data) != 1:
         return None
