@@ -211,3 +211,26 @@ def write_unreadable(path: Path, how: str = "symlink") -> Path:
     else:
         path.mkdir()
     return path
+
+
+# -- tar shards ----------------------------------------------------------------------------
+
+
+def write_shard(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
+    """A webdataset-style tar: ``{key: {ext: data}}`` becomes members ``key.ext``."""
+    import tarfile
+
+    path = Path(path)
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for key, members in samples.items():
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def truncate_file(path: Path, size: int) -> Path:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+    return path
