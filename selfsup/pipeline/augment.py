@@ -17,7 +17,12 @@ sample's random order with a clamp to [0, 1] after each; contrast blends towards
 gray of the image at that point of the chain; hue goes through torchvision's HSV formulas;
 the blur pads by reflection without repeating the edge (OpenCV's REFLECT_101, torch's
 "reflect"); solarize inverts values >= 0.5 (PIL's threshold 128 on uint8-derived values).
-The saliency-mask column ``P_MASK`` is not applied here.
+Saliency masking (``P_MASK``, ReLICv2) comes first: the background, where the view's
+foreground mask is low, is blended towards the row's fill colour (``P_FILL``) as
+``fill + a * (x - fill)`` with ``a = mask / 255``, and the chain then jitters it with the
+rest, as ReLICv2 masks the image before cropping and augmenting it. The mask is the
+source's precomputed one cut with the view's box, or estimated from the crop by
+``saliency.py`` (spectral residual) when none is given.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.pipeline.augment_reference import augment_reference  # re-exported
+from selfsup.pipeline.saliency import saliency_mask, saliency_masks_torch
 from selfsup.pipeline.views import (
     BRIGHTNESS,
     CONTRAST,
@@ -40,11 +46,13 @@ from selfsup.pipeline.views import (
     P_BLUR_SIGMA,
     P_BRIGHTNESS,
     P_CONTRAST,
+    P_FILL,
     P_FLIP,
     P_GRAY,
     P_H,
     P_HUE,
     P_JITTER,
+    P_MASK,
     P_ORDER,
     P_SATURATION,
     P_SOLARIZE,
@@ -57,7 +65,14 @@ from selfsup.pipeline.views import (
     gaussian_kernel1d,
 )
 
-__all__ = ["augment_batch", "augment_cpu", "augment_reference", "crop_resize", "warmup"]
+__all__ = [
+    "augment_batch",
+    "augment_cpu",
+    "augment_reference",
+    "crop_resize",
+    "crop_resize_mask",
+    "warmup",
+]
 
 _CV2_INTERP = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 WR, WG, WB = GRAY_WEIGHTS
@@ -85,6 +100,23 @@ def crop_resize(
     cv2.resize(box, (s, s), dst=out, interpolation=_CV2_INTERP[spec.interpolation])
     if row[P_FLIP]:
         cv2.flip(out, 1, dst=out)  # in place
+    return out
+
+
+def crop_resize_mask(
+    mask: np.ndarray, row: np.ndarray, spec: ViewSpec, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Cut a whole-image uint8 mask (HxW, 255 = foreground) with the view's box and flip,
+    as :func:`crop_resize` cuts the image; bilinear whatever the view's interpolation (a
+    mask has no detail to keep and bicubic would ring at its edges). Returns (size, size)
+    uint8."""
+    y0, x0, h, w = (int(row[i]) for i in (P_Y0, P_X0, P_H, P_W))
+    s = spec.size
+    if out is None:
+        out = np.empty((s, s), dtype=np.uint8)
+    cv2.resize(mask[y0 : y0 + h, x0 : x0 + w], (s, s), dst=out, interpolation=cv2.INTER_LINEAR)
+    if row[P_FLIP]:
+        cv2.flip(out, 1, dst=out)
     return out
 
 
@@ -179,6 +211,17 @@ def _load_u8(src: np.ndarray, r: np.ndarray, g: np.ndarray, b: np.ndarray, n: in
 
 
 @numba.njit(**_JIT)
+def _load_masked(src: np.ndarray, mask: np.ndarray, fill: np.ndarray, r, g, b, n: int) -> None:
+    """Load uint8 pixels and blend them towards ``fill`` where ``mask`` (uint8) is low."""
+    fr, fg, fb = fill[0], fill[1], fill[2]
+    for i in range(n):
+        a = _U8_TO_F32[mask[i]]
+        r[i] = fr + a * (_U8_TO_F32[src[3 * i]] - fr)
+        g[i] = fg + a * (_U8_TO_F32[src[3 * i + 1]] - fg)
+        b[i] = fb + a * (_U8_TO_F32[src[3 * i + 2]] - fb)
+
+
+@numba.njit(**_JIT)
 def _copy(src: np.ndarray, i: int, dst: np.ndarray, j: int, n: int) -> None:
     """dst[:, j : j + n] = src[:, i : i + n] for planar (3, *) arrays."""
     for c in range(3):
@@ -188,8 +231,12 @@ def _copy(src: np.ndarray, i: int, dst: np.ndarray, j: int, n: int) -> None:
 
 
 @numba.njit(**_JIT)
-def _colour_kernel(src: np.ndarray, row: np.ndarray, dst: np.ndarray) -> None:
-    """uint8 HWC ``src`` -> jitter in the row's order -> grayscale -> float32 CHW ``dst``.
+def _colour_kernel(src: np.ndarray, row: np.ndarray, dst: np.ndarray, mask: np.ndarray) -> None:
+    """uint8 HWC ``src`` -> background fill -> jitter in the row's order -> grayscale ->
+    float32 CHW ``dst``.
+
+    ``mask`` is the flat uint8 foreground mask (255 = keep) or empty for no masking; the
+    fill colour is the row's ``P_FILL`` columns.
 
     Contrast needs the mean gray of the image as it is when contrast runs, so unless it runs
     first the chain is cut there: pass 1 runs the ops before contrast and sums the gray,
@@ -206,8 +253,19 @@ def _colour_kernel(src: np.ndarray, row: np.ndarray, dst: np.ndarray) -> None:
         for k in range(4):
             if int(row[P_ORDER + k]) == CONTRAST:
                 cut = k
+    masked = mask.size > 0
+    fill = row[P_FILL : P_FILL + 3].copy()
     mean = 0.0
-    if jitter and cut == 0:  # contrast sees the input: exact integer channel sums
+    if jitter and cut == 0 and masked:  # contrast sees the filled input
+        f0, f1, f2 = float(fill[0]), float(fill[1]), float(fill[2])
+        acc = 0.0
+        for i in range(n):
+            a = mask[i] / 255.0
+            acc += WR * (f0 + a * (flat[3 * i] / 255.0 - f0))
+            acc += WG * (f1 + a * (flat[3 * i + 1] / 255.0 - f1))
+            acc += WB * (f2 + a * (flat[3 * i + 2] / 255.0 - f2))
+        mean = acc / n
+    elif jitter and cut == 0:  # contrast sees the input: exact integer channel sums
         sums = np.zeros(3, np.int64)
         for c in range(3):
             for i in range(n):
@@ -220,7 +278,9 @@ def _colour_kernel(src: np.ndarray, row: np.ndarray, dst: np.ndarray) -> None:
         lo, hi = (cut, 4) if last else (0, cut)
         for a in range(0, n, _CHUNK):
             m = min(_CHUNK, n - a)
-            if ps == 0:
+            if ps == 0 and masked:
+                _load_masked(flat[3 * a : 3 * (a + m)], mask[a : a + m], fill, r, g, b, m)
+            elif ps == 0:
                 _load_u8(flat[3 * a : 3 * (a + m)], r, g, b, m)
             else:
                 _copy(planes, a, px, 0, m)
@@ -264,12 +324,26 @@ def _scratch_buffer(size: int) -> np.ndarray:
     return bufs[size]
 
 
-def augment_cpu(crop: np.ndarray, row: np.ndarray, spec: ViewSpec, out: np.ndarray) -> None:
+_NO_MASK = np.empty(0, np.uint8)
+
+
+def augment_cpu(
+    crop: np.ndarray,
+    row: np.ndarray,
+    spec: ViewSpec,
+    out: np.ndarray,
+    mask: np.ndarray | None = None,
+) -> None:
     """Augment one view on the CPU, writing CHW float32 normalised pixels into ``out``.
 
     ``crop`` is the C-contiguous (size, size, 3) uint8 result of :func:`crop_resize`; ``out``
     a C-contiguous float32 (3, size, size) array, typically a slice of the batch buffer, which
     doubles as the working buffer. Every kernel releases the GIL, so threads run in parallel.
+
+    ``mask`` is the view's (size, size) uint8 foreground mask (255 = foreground), used only
+    when the row's ``P_MASK`` flag is on: the source's precomputed mask cut with
+    :func:`crop_resize_mask`, or None to estimate it from the crop
+    (``saliency.saliency_mask``, spectral residual).
     """
     s = spec.size
     if crop.shape != (s, s, 3) or out.shape != (3, s, s) or not out.flags.c_contiguous:
@@ -278,7 +352,14 @@ def augment_cpu(crop: np.ndarray, row: np.ndarray, spec: ViewSpec, out: np.ndarr
             f"got {crop.shape} and {out.shape}"
         )
     row = np.ascontiguousarray(row, dtype=_F)
-    _colour_kernel(np.ascontiguousarray(crop), row, out)
+    flat_mask = _NO_MASK
+    if row[P_MASK]:
+        if mask is None:
+            mask = saliency_mask(crop)
+        elif mask.shape != (s, s):
+            raise ValueError(f"augment_cpu: want a ({s}, {s}) uint8 mask, got {mask.shape}")
+        flat_mask = np.ascontiguousarray(mask, dtype=np.uint8).reshape(-1)
+    _colour_kernel(np.ascontiguousarray(crop), row, out, flat_mask)
     src = out
     sigma = float(row[P_BLUR_SIGMA])
     if sigma > 0:
@@ -300,6 +381,8 @@ def warmup() -> None:
     row[[P_JITTER, P_GRAY, P_SOLARIZE, P_BRIGHTNESS, P_CONTRAST, P_SATURATION]] = 1.0
     row[P_HUE], row[P_BLUR_SIGMA] = 0.1, 1.0
     augment_cpu(crop, row, spec, np.empty((3, 8, 8), dtype=_F))
+    row[P_MASK] = 1.0
+    augment_cpu(crop, row, spec, np.empty((3, 8, 8), dtype=_F), np.full((8, 8), 200, np.uint8))
 
 
 # ---------------------------------------------------------------------------------------
@@ -373,6 +456,7 @@ def augment_batch(
     spec: ViewSpec,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    masks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Augment a batch of cropped views on its device: uint8 [B, 3, S, S] -> normalised.
 
@@ -383,12 +467,25 @@ def augment_batch(
     turn it on). The chain runs in float32; the result is cast to ``dtype`` and, with
     ``channels_last``, laid out NHWC. The blur kernel has spec.blur_radius_max taps each
     side for every sample (a smaller radius is zero-padded), so the view must be larger.
+
+    ``masks`` (uint8 [B, S, S] or [B, 1, S, S], 255 = foreground, same device) are the
+    views' foreground masks for saliency masking, used where a row's ``P_MASK`` is on; None
+    estimates them from ``x`` on the device (``saliency.saliency_masks_torch``). Both are
+    skipped when ``spec.mask_p`` is 0.
     """
     p = params.to(torch.float32)
+    u8 = x
     x = x.to(torch.float32) / 255.0
 
     def on(j: int) -> torch.Tensor:  # a per-sample flag, broadcastable over pixels
         return (p[:, j] != 0).view(-1, 1, 1, 1)
+
+    if spec.mask_p > 0:
+        # Before the colour chain, as ReLICv2 masks the image before crop and augmentation.
+        m = saliency_masks_torch(u8) if masks is None else masks
+        m = m.reshape(x.shape[0], 1, x.shape[2], x.shape[3]).to(torch.float32) / 255.0
+        fill = p[:, P_FILL : P_FILL + 3].reshape(-1, 3, 1, 1)
+        x = torch.where(on(P_MASK), torch.lerp(fill, x, m), x)
 
     if spec.jitter_p > 0:
         # Hue comes exactly once per sample, so run it once on the whole batch, between a

@@ -17,9 +17,11 @@ from selfsup.pipeline.views import (
     P_BLUR_SIGMA,
     P_BRIGHTNESS,
     P_CONTRAST,
+    P_FILL,
     P_GRAY,
     P_HUE,
     P_JITTER,
+    P_MASK,
     P_ORDER,
     P_SATURATION,
     P_SOLARIZE,
@@ -95,9 +97,23 @@ def _blur_axis(x: np.ndarray, k: np.ndarray, axis: int) -> np.ndarray:
     return sum(k[j] * np.take(xp, range(j, j + n), axis=axis) for j in range(len(k)))
 
 
-def augment_reference(crop: np.ndarray, row: np.ndarray, spec: ViewSpec) -> np.ndarray:
-    """The chain written plainly in float64 numpy; returns CHW float32 normalised pixels."""
+def augment_reference(
+    crop: np.ndarray, row: np.ndarray, spec: ViewSpec, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """The chain written plainly in float64 numpy; returns CHW float32 normalised pixels.
+
+    ``mask``: the view's uint8 foreground mask (255 = foreground) for saliency masking;
+    None estimates it from the crop with ``saliency.saliency_mask``.
+    """
     x = crop.astype(np.float64) / 255.0
+    if row[P_MASK]:
+        if mask is None:
+            from selfsup.pipeline.saliency import saliency_mask  # keeps this module light
+
+            mask = saliency_mask(crop)
+        a = mask.astype(np.float64)[..., None] / 255.0
+        fill = np.asarray(row[P_FILL : P_FILL + 3], dtype=np.float64)
+        x = a * x + (1.0 - a) * fill
     if row[P_JITTER]:
         ops = {
             BRIGHTNESS: (adjust_brightness, P_BRIGHTNESS),

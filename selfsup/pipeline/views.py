@@ -31,8 +31,9 @@ P_ORDER = 10  # 4 columns: the jitter ops in the order applied, as the op codes 
 P_GRAY = 14  # 1: convert to 3-channel grayscale
 P_BLUR_SIGMA = 15  # Gaussian blur sigma in pixels; 0: no blur
 P_SOLARIZE = 16  # 1: solarize (x >= 0.5 -> 1 - x)
-P_MASK = 17  # 1: replace the background using the saliency mask (reserved for recipes)
-NPARAM = 18
+P_MASK = 17  # 1: replace the background (saliency masking, ReLICv2)
+P_FILL = 18  # 3 columns: the background's replacement colour, RGB in [0, 1]
+NPARAM = 21
 
 # Op codes stored in the P_ORDER columns.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -42,6 +43,8 @@ GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision and PIL
 CROP_MODES = ("random_resized", "center")
 INTERPOLATIONS = ("bilinear", "bicubic")
 BLUR_KERNEL_RULES = ("relative", "sigma")
+MASK_FILLS = ("mean", "black", "random")
+SWAV_STD = (0.228, 0.224, 0.225)  # sic: SwAV's multicropdataset.py and eval scripts
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,12 @@ class ViewSpec:
     side to size / center_fraction, then centre-crop size"), with no random ops.
     ``blur_kernel="relative"`` sizes the Gaussian at 10% of the view side as SimCLR and BYOL
     do; ``"sigma"`` sizes it from sigma (radius ceil(3 sigma)) as PIL-based recipes do.
+
+    Saliency masking (ReLICv2): with probability ``mask_p`` a sample's background (where its
+    foreground mask is 0) is replaced by a flat colour before the colour chain, so the
+    replaced background is jittered like the rest. ``mask_fill`` picks the colour:
+    ``"mean"`` the normalisation mean (the dataset's mean colour), ``"black"`` zero,
+    ``"random"`` a uniform random RGB colour per sample. See ``saliency.py`` for the masks.
     """
 
     size: int
@@ -74,6 +83,7 @@ class ViewSpec:
     blur_kernel: str = "relative"
     solarize_p: float = 0.0
     mask_p: float = 0.0
+    mask_fill: str = "mean"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -91,6 +101,8 @@ class ViewSpec:
             raise bad(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if self.blur_kernel not in BLUR_KERNEL_RULES:
             raise bad(f"blur_kernel must be one of {BLUR_KERNEL_RULES}, got {self.blur_kernel!r}")
+        if self.mask_fill not in MASK_FILLS:
+            raise bad(f"mask_fill must be one of {MASK_FILLS}, got {self.mask_fill!r}")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise bad(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
         if not 0 < self.ratio[0] <= self.ratio[1]:
@@ -175,7 +187,8 @@ def draw_params(spec: ViewSpec, rng: np.random.Generator, h: int, w: int) -> np.
     """Draw one view's parameter row for a decoded image of ``h`` x ``w`` pixels.
 
     The draws happen in a fixed order whatever the probabilities, so changing one
-    probability does not reshuffle the other choices of the same sample.
+    probability does not reshuffle the other choices of the same sample. Columns added
+    later draw after all earlier ones, so older columns keep their values.
     """
     p = np.zeros(NPARAM, dtype=np.float32)
     if spec.crop == "center":
@@ -197,6 +210,12 @@ def draw_params(spec: ViewSpec, rng: np.random.Generator, h: int, w: int) -> np.
     p[P_BLUR_SIGMA] = sigma if u[3] < spec.blur_p else 0.0
     p[P_SOLARIZE] = u[4] < spec.solarize_p
     p[P_MASK] = u[5] < spec.mask_p
+    fill = rng.random(3)  # drawn whatever mask_fill is, so the choice reshuffles nothing
+    if spec.mask_fill == "mean":
+        fill = np.asarray(spec.mean)
+    elif spec.mask_fill == "black":
+        fill = np.zeros(3)
+    p[P_FILL : P_FILL + 3] = fill
     return p
 
 
@@ -205,25 +224,103 @@ def draw_params(spec: ViewSpec, rng: np.random.Generator, h: int, w: int) -> np.
 # ---------------------------------------------------------------------------------------
 
 
+# Each recipe names the source of its numbers; all of them are gathered, with the
+# upstream files, in the project's reference/methods.md (section in brackets).
+
+# "BYOL-style" jitter: ColorJitter(0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale p=0.2 [A.0].
+_BYOL_JITTER = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}
+
+
 def _simclr(size: int = 224) -> list[ViewSpec]:
     # SimCLR colour distortion s=1: jitter (0.8, 0.8, 0.8, 0.2) p=0.8 in random order,
     # grayscale p=0.2, blur p=0.5 with sigma U[0.1, 2] and a kernel of 10% of the side,
     # bicubic random resized crop (0.08, 1), flip, no solarize. Both views alike.
+    # [A.0 "SimCLR-style"; simclr/tf2/data_util.py]
     return [ViewSpec(size=size, count=2)]
 
 
+def _byol_pair(size: int, count: int = 1, **kw) -> list[ViewSpec]:
+    """BYOL's two asymmetric views [A.0; deepmind-research/byol/utils/augmentations.py]:
+    bicubic RRC (0.08, 1), flip, BYOL jitter, grayscale 0.2, blur sigma U[0.1, 2] with a
+    kernel of 10% of the side (224 -> 23 taps); view 1 blur p=1.0 and no solarize, view 2
+    blur p=0.1 and solarize p=0.2."""
+    common = {"size": size, "count": count, "blur_kernel": "relative", **_BYOL_JITTER, **kw}
+    return [
+        ViewSpec(blur_p=1.0, solarize_p=0.0, **common),
+        ViewSpec(blur_p=0.1, solarize_p=0.2, **common),
+    ]
+
+
+def _byol(size: int = 224) -> list[ViewSpec]:
+    return _byol_pair(size)
+
+
+def _swav(size: int = 224) -> list[ViewSpec]:
+    # SwAV multi-crop [A.3; swav/scripts/swav_800ep_pretrain.sh, src/multicropdataset.py]:
+    # --nmb_crops 2 6 --size_crops 224 96 --min_scale_crops 0.14 0.05 --max_scale_crops 1 0.14,
+    # torchvision's default bilinear RRC, flip, jitter (0.8, 0.8, 0.8, 0.2) p=0.8,
+    # grayscale 0.2, PIL blur p=0.5 with sigma U[0.1, 2] (kernel from sigma, the same sigma
+    # on 96-px crops), no solarize, and SwAV's std typo 0.228 kept.
+    small = max(1, round(size * 96 / 224))
+    common = {"interpolation": "bilinear", "blur_kernel": "sigma", "std": SWAV_STD}
+    return [
+        ViewSpec(size=size, count=2, scale=(0.14, 1.0), **common),
+        ViewSpec(size=small, count=6, scale=(0.05, 0.14), **common),
+    ]
+
+
+def _dino(size: int = 224) -> list[ViewSpec]:
+    # DINO multi-crop [A.8; dino/main_dino.py DataAugmentationDINO], ViT defaults:
+    # 2 global crops 224 scale (0.4, 1) and 8 local crops 96 scale (0.05, 0.4), bicubic,
+    # flip, BYOL jitter p=0.8, grayscale 0.2, PIL blur (kernel from sigma); global 1 blur
+    # p=1.0, global 2 blur p=0.1 + solarize p=0.2, locals blur p=0.5, no solarize.
+    # The README's ResNet-50 run uses scales (0.14, 1) and (0.05, 0.14): pass a list of
+    # ViewSpecs with those scales to reproduce it.
+    small = max(1, round(size * 96 / 224))
+    common = {"interpolation": "bicubic", "blur_kernel": "sigma", **_BYOL_JITTER}
+    g = {"size": size, "scale": (0.4, 1.0), **common}
+    return [
+        ViewSpec(blur_p=1.0, solarize_p=0.0, **g),
+        ViewSpec(blur_p=0.1, solarize_p=0.2, **g),
+        ViewSpec(size=small, count=8, scale=(0.05, 0.4), blur_p=0.5, solarize_p=0.0, **common),
+    ]
+
+
+def _relicv2(size: int = 224) -> list[ViewSpec]:
+    # ReLICv2 (Tomasev et al. 2022, arXiv 2201.05119) [A.7]: large 224 and small 96 crops,
+    # the BYOL augmentation on each, saliency masking with p_m = 0.1 on the large crops
+    # only (the paper's pseudo-code masks x before crop_l and aug). Not verified in a
+    # primary source, so chosen here and marked as such: 4 large + 2 small crops (the
+    # count recalled in methods.md); BYOL's asymmetric blur/solarize alternating between
+    # the crops (large: two of each BYOL view; small: one of each); large scale (0.08, 1)
+    # as BYOL, small scale (0.05, 0.14) as SwAV; background replaced by the mean colour.
+    small = max(1, round(size * 96 / 224))
+    return [
+        *_byol_pair(size, count=2, mask_p=0.1),
+        *_byol_pair(small, count=1, scale=(0.05, 0.14)),
+    ]
+
+
 def _supervised(size: int = 224) -> list[ViewSpec]:
+    # The linear-probe / supervised train transform [A.12]: RandomResizedCrop 224 (0.08, 1)
+    # with torchvision's default bilinear interpolation, flip, nothing else.
     return [
         ViewSpec(size=size, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, interpolation="bilinear")
     ]
 
 
 def _center_crop_eval(size: int = 224) -> list[ViewSpec]:
+    # The evaluation transform [A.12]: Resize 256 + CenterCrop 224, i.e. the central
+    # 0.875 of the shorter side, bilinear, no random ops.
     return [ViewSpec(size=size, crop="center", interpolation="bilinear")]
 
 
 RECIPES = {
     "simclr": _simclr,
+    "byol": _byol,
+    "swav": _swav,
+    "dino": _dino,
+    "relicv2": _relicv2,
     "supervised": _supervised,
     "center_crop_eval": _center_crop_eval,
 }
