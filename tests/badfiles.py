@@ -166,6 +166,14 @@ def truncated_jpeg_bytes(header_only: bool = False) -> bytes:
     return data[: len(data) // 2]
 
 
+def extraneous_bytes_jpeg(upright: np.ndarray) -> bytes:
+    """An intact JPEG (rotated by EXIF orientation 6) with 3 stray bytes between two header
+    segments: libjpeg warns "extraneous bytes before marker", the pixels are all there."""
+    data = exif_jpeg_bytes(upright, 6)
+    app1_end = 4 + int.from_bytes(data[4:6], "big")
+    return data[:app1_end] + b"\x12\x34\x56" + data[app1_end:]
+
+
 def random_bytes(n: int = 4096, seed: int = 0) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
 

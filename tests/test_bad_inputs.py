@@ -68,6 +68,11 @@ def test_max_pixels_is_configurable():
     assert decode_image(data, max_pixels=1024).shape == (32, 32, 3)
 
 
+def test_jpeg_with_extraneous_bytes_is_decoded():
+    upright = bf.pattern(32, 48)
+    assert close(decode_image(bf.extraneous_bytes_jpeg(upright)), upright, 2.0)
+
+
 # -- other formats under a .jpg name (content decides, never the name) ---------------------
 
 
@@ -83,6 +88,20 @@ def test_other_format_content_under_a_jpg_name(tmp_path, encode):
     assert out.dtype == np.uint8 and out.flags.c_contiguous
     np.testing.assert_array_equal(out, img)  # all lossless for a few flat colours
     assert image_size(data) == (24, 40)
+
+
+def test_pillow_fallback_for_what_opencv_refuses(monkeypatch):
+    from selfsup.pipeline import decode
+
+    monkeypatch.setattr(decode, "_decode_cv2", lambda data: None)
+    img = bf.pattern(24, 40)
+    np.testing.assert_array_equal(decode_image(bf.gif_bytes(img)), img)
+    data, px = bf.png16_bytes()
+    gray16 = px[..., 0].copy()
+    out = decode_image(bf.pillow_bytes(gray16, "PNG"))  # Pillow mode I;16
+    np.testing.assert_array_equal(out[..., 1], np.rint(gray16 * (255 / 65535)).astype(np.uint8))
+    with pytest.raises(DecodeError, match="not a decodable image"):
+        decode_image(bf.random_bytes())
 
 
 # -- colour spaces and depths --------------------------------------------------------------

@@ -119,18 +119,20 @@ def _decode_jpeg(data: bytes, max_reduction: int, max_pixels: int) -> np.ndarray
         img = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, **kwargs)
     except ValueError as e:
         img, jpeg_error = None, str(e)
-    if img is None and _BENIGN_JPEG_WARNING in jpeg_error:
-        try:
-            img = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False, **kwargs)
-        except ValueError as e:
-            jpeg_error = str(e)
     if img is None:
-        if any(m in jpeg_error for m in _CORRUPT_JPEG_MARKERS):
+        benign = _BENIGN_JPEG_WARNING in jpeg_error
+        if benign:  # the data are intact: decode leniently (OpenCV below if that fails too)
+            try:
+                img = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False, **kwargs)
+            except ValueError:
+                pass
+        elif any(m in jpeg_error for m in _CORRUPT_JPEG_MARKERS):
             raise DecodeError(f"corrupt or truncated JPEG ({jpeg_error})")
+    if img is None:
         img = _decode_cv2(data)  # e.g. 12-bit or lossless JPEG
         if img is None:
             img = _decode_pillow(data, max_pixels)
-        if isinstance(img, str) or img is None:
+        if isinstance(img, str):
             raise DecodeError(f"corrupt or truncated JPEG ({jpeg_error})")
     return _orient(img, orientation) if orientation > 1 else img
 
