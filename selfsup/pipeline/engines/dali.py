@@ -37,6 +37,7 @@ fills in grey) without an error, while the cpu engine's strict decode counts it 
 
 from __future__ import annotations
 
+import inspect
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -148,6 +149,11 @@ class DaliEngine:
         self.device_id = device_id
         self.device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
         # The cpu engine does every sample DALI should not see, and owns the bad-sample logic.
+        # It decodes at full resolution, as DALI does, so that all views of a batch are cut
+        # from the same kind of decode.
+        full = {}
+        if "reduced_decode" in inspect.signature(CpuEngine).parameters:
+            full["reduced_decode"] = False
         self._cpu = CpuEngine(
             source,
             views,
@@ -155,6 +161,7 @@ class DaliEngine:
             threads=self.threads,
             max_bad_fraction=max_bad_fraction,
             output="uint8",
+            **full,
         )
         self.groups = self._cpu.groups
         self.plan = self._cpu.plan
