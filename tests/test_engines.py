@@ -24,3 +24,64 @@ def test_auto_engine_is_dali_on_cuda_when_installed(monkeypatch):
 def test_unknown_engine_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown engine 'fast'"):
         resolve_engine("fast", torch.device("cpu"))
+
+
+def _photo_folder(root, n=6, h=300, w=400):
+    import cv2
+    import numpy as np
+    import simplejpeg
+
+    rng = np.random.default_rng(0)
+    (root / "a").mkdir(parents=True)
+    for i in range(n):
+        small = rng.integers(0, 256, (h // 20, w // 20, 3), dtype=np.uint8)
+        img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)  # smooth, photo-like
+        (root / "a" / f"{i}.jpg").write_bytes(simplejpeg.encode_jpeg(img, 90))
+    return root
+
+
+def test_reduced_decode_is_used_and_close_to_the_full_decode(tmp_path, monkeypatch):
+    import numpy as np
+
+    from selfsup.pipeline import ImageFolderSource, decode
+    from selfsup.pipeline.engines import cpu
+    from selfsup.pipeline.views import ViewSpec
+
+    source = ImageFolderSource(_photo_folder(tmp_path))
+    views = [ViewSpec(size=32, count=2, scale=(0.3, 1.0)), ViewSpec(size=16, count=2)]
+    idx = np.arange(len(source))
+    asked = []
+
+    def spy(data, **kw):
+        asked.append(kw.get("max_reduction", 1))
+        return decode.decode_image(data, **kw)
+
+    monkeypatch.setattr(cpu, "decode_image", spy)
+    fast = cpu.CpuEngine(source, views, seed=3, threads=1, output="uint8").load(idx, 0)
+    assert max(asked) >= 2  # crops of >= 90 px for 32 px views: at least 1/2 decode
+    full = cpu.CpuEngine(
+        source, views, seed=3, threads=1, output="uint8", reduced_decode=False
+    ).load(idx, 0)
+    for a, b in zip(fast.params, full.params, strict=True):
+        assert np.array_equal(a, b)  # the same full-resolution parameter rows
+    for a, b in zip(fast.views, full.views, strict=True):
+        diff = (a.float() - b.float()).abs()
+        assert diff.mean() < 2.0, (
+            diff.mean()
+        )  # same boxes; DCT scaling filters slightly differently
+
+
+def test_reduction_never_shrinks_a_crop_below_its_view(tmp_path):
+
+    from selfsup.pipeline import ImageFolderSource
+    from selfsup.pipeline.engines.cpu import CpuEngine
+    from selfsup.pipeline.views import P_H, P_W, ViewSpec
+
+    source = ImageFolderSource(_photo_folder(tmp_path, n=2))
+    engine = CpuEngine(source, [ViewSpec(size=24, count=4)], seed=0, threads=1)
+    for index in range(2):
+        for epoch in range(20):
+            rows = engine._rows(index, epoch, 300, 400)
+            r = engine._max_reduction(rows)
+            assert r >= 1
+            assert all(min(row[P_H], row[P_W]) / r >= 24 for row in rows.rows)

@@ -1,5 +1,10 @@
 """The ``cpu`` decode engine: decode each sample once, cut every view from that decode.
 
+Each sample's parameter rows (crop boxes and every random choice) are drawn from the image
+size in the header *before* decoding, so the JPEG can be decoded with libjpeg-turbo's DCT
+scaling at the smallest 1/2, 1/4 or 1/8 size that still leaves every crop box at least as
+many pixels as its view (``reduced_decode``; the boxes are mapped onto the smaller image).
+
 Work is spread over a thread pool; decoding (libjpeg-turbo), resizing and blurring
 (OpenCV) and the fused colour loops (numba, ``nogil``) all release the GIL, so the threads
 run in parallel. Two output modes:
@@ -28,10 +33,21 @@ import torch
 
 from selfsup.errors import DataError
 from selfsup.pipeline import augment
-from selfsup.pipeline.decode import DecodeError, decode_image
+from selfsup.pipeline.augment import _CV2_INTERP
+from selfsup.pipeline.decode import DecodeError, decode_image, image_size
 from selfsup.pipeline.rng import replacement_rng, sample_rng
 from selfsup.pipeline.sources.base import Source
-from selfsup.pipeline.views import NPARAM, ViewSpec, draw_params, group_by_size
+from selfsup.pipeline.views import (
+    NPARAM,
+    P_FLIP,
+    P_H,
+    P_W,
+    P_X0,
+    P_Y0,
+    ViewSpec,
+    draw_params,
+    group_by_size,
+)
 
 MAX_REPLACEMENT_TRIES = 16
 
@@ -54,6 +70,59 @@ class EngineBatch:
     indices: torch.Tensor  # [B] int64, the global index of the sample actually used
 
 
+class _Rows:
+    """One sample's parameter rows ``[views, NPARAM]`` and the image size they were drawn for."""
+
+    __slots__ = ("rows", "shape_full", "reduced")
+
+    def __init__(self, rows: np.ndarray, shape_full: tuple[int, int]) -> None:
+        self.rows, self.shape_full, self.reduced = rows, shape_full, False
+
+    def __getitem__(self, v: int) -> np.ndarray:
+        return self.rows[v]
+
+
+def _reduction_of(full: tuple[int, int], shape: tuple[int, ...]) -> int:
+    """The DCT scale ``r`` that turned a ``full`` size image into one of ``shape``.
+
+    A 1/r decode has ``ceil(side / r)`` pixels, the last one covering a partial block, so
+    full-resolution coordinates map by exactly 1/r (not by the ratio of the sides).
+    """
+    for r in (8, 4, 2):
+        if (-(-full[0] // r), -(-full[1] // r)) == tuple(shape[:2]):
+            return r
+    return 1
+
+
+def _crop_resize_reduced(
+    img: np.ndarray, row: np.ndarray, r: int, spec: ViewSpec, out: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`augment.crop_resize` for a 1/r decode of the image the row was drawn for.
+
+    The crop box, in full-resolution pixels, falls between pixels of the smaller image, so
+    rounding it would shift the view by up to r/2 pixels; instead one affine warp samples
+    the exact box (the same bilinear or bicubic kernel ``cv2.resize`` uses).
+    """
+    s = spec.size
+    if out is None:
+        out = np.empty((s, s, 3), dtype=np.uint8)
+    sy, sx = row[P_H] / (r * s), row[P_W] / (r * s)  # source pixels per output pixel
+    flip = bool(row[P_FLIP])
+    # dst (u, v) -> src: x = x0/r + (u + 0.5) sx - 0.5, mirrored in u when flipped.
+    ax = -sx if flip else sx
+    bx = row[P_X0] / r - 0.5 + (s - 0.5) * sx if flip else row[P_X0] / r + 0.5 * sx - 0.5
+    m = np.array([[ax, 0.0, bx], [0.0, sy, row[P_Y0] / r + 0.5 * sy - 0.5]], dtype=np.float64)
+    cv2.warpAffine(
+        img,
+        m,
+        (s, s),
+        dst=out,
+        flags=_CV2_INTERP[spec.interpolation] | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return out
+
+
 class CpuEngine:
     def __init__(
         self,
@@ -64,6 +133,7 @@ class CpuEngine:
         threads: int = 0,
         max_bad_fraction: float = 0.01,
         output: str = "fused",
+        reduced_decode: bool = True,
     ) -> None:
         if output not in ("fused", "uint8"):
             raise ValueError(f"output must be 'fused' or 'uint8', got {output!r}")
@@ -80,6 +150,7 @@ class CpuEngine:
         self.threads = threads or os.cpu_count() or 1
         self.max_bad_fraction = max_bad_fraction
         self.output = output
+        self.reduced_decode = reduced_decode
         self.bad: dict[int, BadSample] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="selfsup-cpu-engine")
@@ -118,26 +189,64 @@ class CpuEngine:
     def _work(self, positions, indices, epoch, out, params, labels, used) -> None:
         for pos in positions:
             index = int(indices[pos])
-            img, labels[pos], used[pos] = self._decode(index, epoch)
-            h, w = img.shape[:2]
+            img, rows, labels[pos], used[pos] = self._decode(index, epoch)
+            r = _reduction_of(rows.shape_full, img.shape) if rows.reduced else 1
             for v, (gi, slot, spec) in enumerate(self.plan):
-                row = draw_params(spec, sample_rng(self.seed, epoch, index, v), h, w)
+                row = rows[v]
+                dst = None if params is None else out[gi][slot, pos]
+                if r > 1:
+                    crop = _crop_resize_reduced(img, row, r, spec, out=dst)
+                else:
+                    crop = augment.crop_resize(img, row, spec, out=dst)
                 if params is None:
-                    crop = augment.crop_resize(img, row, spec)
                     augment.augment_cpu(crop, row, spec, out[gi][slot, pos])
                 else:
-                    augment.crop_resize(img, row, spec, out=out[gi][slot, pos])
                     params[gi][slot, pos] = row
+
+    def _rows(self, index: int, epoch: int, h: int, w: int) -> _Rows:
+        """Every view's parameter row for sample ``index`` of an ``h`` x ``w`` image."""
+        rows = [
+            draw_params(spec, sample_rng(self.seed, epoch, index, v), h, w)
+            for v, (_, _, spec) in enumerate(self.plan)
+        ]
+        return _Rows(np.stack(rows), (h, w))
+
+    def _max_reduction(self, rows: _Rows) -> int:
+        """The largest DCT downscale that leaves every crop box at least its view's size.
+
+        Decoding at 1/r costs less than decoding in full (fewer pixels to transform, colour-
+        convert and later resize), and a crop cut from the reduced image still has at least
+        as many pixels as the view, so the resize only shrinks it.
+        """
+        if not self.reduced_decode:
+            return 1
+        fit = min(
+            min(row[P_H], row[P_W]) / spec.size
+            for row, (_, _, spec) in zip(rows.rows, self.plan, strict=True)
+        )
+        return int(max(1, min(8, fit)))
 
     # -- bad samples -------------------------------------------------------------------
 
-    def _decode(self, index: int, epoch: int) -> tuple[np.ndarray, int, int]:
-        """Decode sample ``index``, or a deterministic stand-in if it is bad."""
+    def _decode(self, index: int, epoch: int) -> tuple[np.ndarray, _Rows, int, int]:
+        """Decode sample ``index`` (or a deterministic stand-in if it is bad) and draw its rows.
+
+        Returns (image, parameter rows, label, index used). When the header gives the size,
+        the rows are drawn first and the image is decoded only as large as they need; the
+        rows keep full-resolution boxes either way (``_Rows.reduced`` says to rescale).
+        """
         i, rng = index, None
         for _ in range(MAX_REPLACEMENT_TRIES):
             try:
                 data, label = self.source.read(i)
-                return decode_image(data), label, i
+                size = image_size(data) if self.reduced_decode else None
+                if size is None:
+                    img = decode_image(data)
+                    return img, self._rows(index, epoch, *img.shape[:2]), label, i
+                rows = self._rows(index, epoch, *size)
+                img = decode_image(data, max_reduction=self._max_reduction(rows))
+                rows.reduced = img.shape[:2] != size
+                return img, rows, label, i
             except DecodeError as e:
                 self._report(i, str(e))
             except OSError as e:
