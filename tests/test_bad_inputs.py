@@ -212,6 +212,17 @@ def test_reduced_jpeg_decoding(r, expect):
     assert close(out, ref, 2.0)
 
 
+def test_reduced_pixels_cover_exact_blocks_of_r_even_at_uneven_sides():
+    small = np.random.default_rng(0).integers(0, 256, (15, 20, 3), dtype=np.uint8)
+    img = cv2.resize(small, (400, 300), interpolation=cv2.INTER_CUBIC)  # smooth
+    data = bf.jpeg_bytes(img)
+    full = decode_image(data).astype(np.float64)
+    out = decode_image(data, max_reduction=8)
+    assert out.shape == (38, 50, 3)  # 300 / 8 = 37.5: the last row covers half a block
+    blocks = full[:296].reshape(37, 8, 50, 8, 3).mean(axis=(1, 3))
+    assert np.abs(out[:37] - blocks).mean() < 1.0
+
+
 def test_reduced_decoding_with_exif_rotation():
     upright = bf.pattern(64, 96)
     out = decode_image(bf.exif_jpeg_bytes(upright, 6), max_reduction=2)

@@ -55,8 +55,11 @@ def decode_image(
 
     ``max_reduction``: for JPEG, the image may come back smaller by a factor ``r`` in
     {1, 2, 4, 8}, ``r <= max_reduction`` (libjpeg-turbo's DCT scaling, much cheaper than
-    decoding in full and resizing); each side is then ``ceil(side / r)``. Callers find ``r``
-    from the returned shape and :func:`image_size`. Other formats ignore it.
+    decoding in full and resizing); each side is then ``ceil(side / r)``, pixel ``i`` covering
+    full-resolution pixels ``[r i, r i + r)`` (the last one a partial block), so coordinates
+    map by exactly ``1/r``, not by the ratio of the sides. Callers find ``r`` as the one
+    with ``ceil(side / r)`` equal to the returned shape for the :func:`image_size` sides
+    (unique, as only images with both sides >= 8 are reduced). Other formats ignore it.
     ``max_pixels``: images whose header declares more pixels (at full resolution) are
     rejected before decoding.
     """
