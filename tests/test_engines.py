@@ -85,3 +85,54 @@ def test_reduction_never_shrinks_a_crop_below_its_view(tmp_path):
             r = engine._max_reduction(rows)
             assert r >= 1
             assert all(min(row[P_H], row[P_W]) / r >= 24 for row in rows.rows)
+
+
+class _MaskedArraySource:
+    """An in-memory source whose precomputed masks keep only the left half (at half size)."""
+
+    def __init__(self, n=8, side=40):
+        import numpy as np
+
+        from selfsup.pipeline.sources.array import ArraySource
+
+        rng = np.random.default_rng(1)
+        self.inner = ArraySource(rng.integers(30, 226, (n, side, side, 3), dtype=np.uint8))
+        self.mask = np.zeros((side // 2, side // 2), np.uint8)
+        self.mask[:, : side // 4] = 255
+        self.num_classes = 1
+
+    def __len__(self):
+        return len(self.inner)
+
+    def read(self, i):
+        return self.inner.read(i)
+
+    def describe(self, i):
+        return f"masked#{i}"
+
+    def read_mask(self, i):
+        return self.mask
+
+
+def test_precomputed_masks_replace_the_background_on_both_paths():
+    import numpy as np
+    import torch
+
+    from selfsup.pipeline import Loader
+    from selfsup.pipeline.views import ViewSpec
+
+    source = _MaskedArraySource()
+    view = ViewSpec(
+        size=20, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
+        grayscale_p=0.0, blur_p=0.0, mask_p=1.0, mask_fill="black",
+    )  # fmt: skip
+    fused = next(iter(Loader(source, [view], 8, seed=0, threads=1, prefetch=0)))
+    dev = next(iter(Loader(source, [view], 8, seed=0, threads=1, augment_on_device=True)))
+    mean, std = np.array(view.mean), np.array(view.std)
+    black = torch.tensor(-mean / std, dtype=torch.float32).view(3, 1, 1)
+    for batch in (fused, dev):
+        x = batch.views[0][0]  # [B, 3, 20, 20]
+        # right half: background filled with black; left half: the image itself
+        assert torch.allclose(x[:, :, :, 12:], black.expand(8, 3, 20, 8), atol=1e-5)
+        assert (x[:, :, :, :8] - black).abs().amax() > 0.5
+    assert torch.allclose(fused.views[0], dev.views[0], atol=1e-3)

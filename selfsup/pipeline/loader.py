@@ -272,9 +272,13 @@ class Loader:
             raw = self._host_augment(raw)
         if self.device_augment:
             views = []
-            for group, u8, params in zip(self.engine.groups, raw.views, raw.params, strict=True):
+            masks = raw.masks or [None] * len(raw.views)
+            for group, u8, params, m in zip(
+                self.engine.groups, raw.views, raw.params, masks, strict=True
+            ):
                 u8 = (u8.pin_memory() if pin else u8).to(dev, non_blocking=True)
                 p = torch.from_numpy(params).to(dev, non_blocking=True)
+                m = None if m is None else m.to(dev, non_blocking=True)
                 out, slot = [], 0
                 for spec in group.specs:
                     x = u8[slot : slot + spec.count].flatten(0, 1).permute(0, 3, 1, 2)
@@ -284,6 +288,7 @@ class Loader:
                         spec,
                         self.dtype,
                         self.channels_last,
+                        masks=None if m is None else m[slot : slot + spec.count].flatten(0, 1),
                     )
                     out.append(y.unflatten(0, (spec.count, -1)))
                     slot += spec.count

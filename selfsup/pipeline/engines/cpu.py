@@ -36,11 +36,13 @@ from selfsup.pipeline import augment
 from selfsup.pipeline.augment import _CV2_INTERP
 from selfsup.pipeline.decode import DecodeError, decode_image, image_size
 from selfsup.pipeline.rng import replacement_rng, sample_rng
+from selfsup.pipeline.saliency import saliency_mask
 from selfsup.pipeline.sources.base import Source
 from selfsup.pipeline.views import (
     NPARAM,
     P_FLIP,
     P_H,
+    P_MASK,
     P_W,
     P_X0,
     P_Y0,
@@ -68,6 +70,9 @@ class EngineBatch:
     params: list[np.ndarray] | None  # per size group [V,B,NPARAM] (uint8 mode only)
     labels: torch.Tensor  # [B] int64
     indices: torch.Tensor  # [B] int64, the global index of the sample actually used
+    # per size group: the source's precomputed saliency masks cut like the views, uint8
+    # [V,B,S,S] (uint8 mode, sources with masks, groups with masking only; else None)
+    masks: list[torch.Tensor | None] | None = None
 
 
 class _Rows:
@@ -92,6 +97,20 @@ def _reduction_of(full: tuple[int, int], shape: tuple[int, ...]) -> int:
         if (-(-full[0] // r), -(-full[1] // r)) == tuple(shape[:2]):
             return r
     return 1
+
+
+def _scale_to(row: np.ndarray, full: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:
+    """``row`` with its crop box mapped proportionally onto an array of ``shape`` (a stored
+    mask may have another resolution than its image)."""
+    if tuple(shape[:2]) == tuple(full):
+        return row
+    sy, sx = shape[0] / full[0], shape[1] / full[1]
+    y0, x0 = min(shape[0] - 1, int(row[P_Y0] * sy)), min(shape[1] - 1, int(row[P_X0] * sx))
+    out = row.copy()
+    out[P_Y0], out[P_X0] = y0, x0
+    out[P_H] = max(1, min(shape[0] - y0, round(row[P_H] * sy)))
+    out[P_W] = max(1, min(shape[1] - x0, round(row[P_W] * sx)))
+    return out
 
 
 def _crop_resize_reduced(
@@ -151,6 +170,9 @@ class CpuEngine:
         self.max_bad_fraction = max_bad_fraction
         self.output = output
         self.reduced_decode = reduced_decode
+        # Precomputed saliency masks, when the source has them and a view masks at all.
+        self.source_masks = hasattr(source, "read_mask") and any(v.mask_p > 0 for v in views)
+        self._mask_groups = {gi for gi, _, spec in self.plan if spec.mask_p > 0}
         self.bad: dict[int, BadSample] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="selfsup-cpu-engine")
@@ -173,24 +195,35 @@ class CpuEngine:
                 torch.empty((g.count, b, g.size, g.size, 3), dtype=torch.uint8) for g in self.groups
             ]
             params = [np.zeros((g.count, b, NPARAM), dtype=np.float32) for g in self.groups]
+        masks = None
+        if self.output == "uint8" and self.source_masks:
+            masks = [
+                torch.full((g.count, b, g.size, g.size), 255, dtype=torch.uint8)
+                if gi in self._mask_groups
+                else None
+                for gi, g in enumerate(self.groups)
+            ]
         out = [v.numpy() for v in views]
+        mask_out = None if masks is None else [m if m is None else m.numpy() for m in masks]
         labels = np.empty(b, dtype=np.int64)
         used = np.empty(b, dtype=np.int64)
         chunks = [c for c in np.array_split(np.arange(b), self.threads) if len(c)]
         jobs = [
-            self._pool.submit(self._work, c, indices, epoch, out, params, labels, used)
+            self._pool.submit(self._work, c, indices, epoch, out, params, labels, used, mask_out)
             for c in chunks
         ]
         for job in jobs:
             job.result()
         self._check_bad_fraction()
-        return EngineBatch(views, params, torch.from_numpy(labels), torch.from_numpy(used))
+        labels_t, used_t = torch.from_numpy(labels), torch.from_numpy(used)
+        return EngineBatch(views, params, labels_t, used_t, masks)
 
-    def _work(self, positions, indices, epoch, out, params, labels, used) -> None:
+    def _work(self, positions, indices, epoch, out, params, labels, used, masks) -> None:
         for pos in positions:
             index = int(indices[pos])
             img, rows, labels[pos], used[pos] = self._decode(index, epoch)
             r = _reduction_of(rows.shape_full, img.shape) if rows.reduced else 1
+            whole_mask = self.source.read_mask(int(used[pos])) if self.source_masks else None
             for v, (gi, slot, spec) in enumerate(self.plan):
                 row = rows[v]
                 dst = None if params is None else out[gi][slot, pos]
@@ -198,10 +231,17 @@ class CpuEngine:
                     crop = _crop_resize_reduced(img, row, r, spec, out=dst)
                 else:
                     crop = augment.crop_resize(img, row, spec, out=dst)
+                mask = None
+                if row[P_MASK] and whole_mask is not None:
+                    box = _scale_to(row, rows.shape_full, whole_mask.shape)
+                    mask = augment.crop_resize_mask(whole_mask, box, spec)
                 if params is None:
-                    augment.augment_cpu(crop, row, spec, out[gi][slot, pos])
+                    augment.augment_cpu(crop, row, spec, out[gi][slot, pos], mask=mask)
                 else:
                     params[gi][slot, pos] = row
+                    if masks is not None and row[P_MASK]:
+                        # a sample without a stored mask gets the estimate the device would make
+                        masks[gi][slot, pos] = saliency_mask(crop) if mask is None else mask
 
     def _rows(self, index: int, epoch: int, h: int, w: int) -> _Rows:
         """Every view's parameter row for sample ``index`` of an ``h`` x ``w`` image."""
