@@ -13,20 +13,24 @@ from selfsup.pipeline.augment import (
     augment_cpu,
     augment_reference,
     crop_resize,
+    crop_resize_mask,
     warmup,
 )
 from selfsup.pipeline.rng import sample_rng
+from selfsup.pipeline.saliency import saliency_mask
 from selfsup.pipeline.views import (
     GRAY_WEIGHTS,
     NPARAM,
     P_BLUR_SIGMA,
     P_BRIGHTNESS,
     P_CONTRAST,
+    P_FILL,
     P_FLIP,
     P_GRAY,
     P_H,
     P_HUE,
     P_JITTER,
+    P_MASK,
     P_ORDER,
     P_SATURATION,
     P_SOLARIZE,
@@ -47,6 +51,7 @@ SPECS = {
         size=32, blur_kernel="sigma", jitter_p=1.0, grayscale_p=0.5, blur_p=0.7, solarize_p=0.3
     ),
     "bilinear64": ViewSpec(size=64, interpolation="bilinear", grayscale_p=0.5, solarize_p=0.5),
+    "masked64": ViewSpec(size=64, mask_p=0.5, mask_fill="random", jitter_p=1.0, solarize_p=0.3),
 }
 
 
@@ -55,9 +60,9 @@ def _compiled() -> None:
     warmup()
 
 
-def run_cpu(crop: np.ndarray, row: np.ndarray, spec: ViewSpec) -> np.ndarray:
+def run_cpu(crop: np.ndarray, row: np.ndarray, spec: ViewSpec, mask=None) -> np.ndarray:
     out = np.full((3, spec.size, spec.size), np.nan, dtype=np.float32)
-    augment_cpu(crop, row, spec, out)
+    augment_cpu(crop, row, spec, out, mask)
     return out
 
 
@@ -102,6 +107,15 @@ def random_image(seed: int, h: int, w: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+def random_mask(seed: int, h: int, w: int) -> np.ndarray:
+    """A whole-image uint8 mask: a soft-edged random blob, as a source would supply."""
+    rng = np.random.default_rng(seed + 1000)
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx, r = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w, rng.uniform(0.2, 0.4)
+    d = np.hypot((yy - cy) / h, (xx - cx) / w) / r
+    return (np.clip(1.5 - d, 0, 1) * 255).astype(np.uint8)
+
+
 def solid(rgb: tuple[int, int, int], size: int = UNIT.size) -> np.ndarray:
     return np.broadcast_to(np.asarray(rgb, np.uint8), (size, size, 3)).copy()
 
@@ -119,17 +133,18 @@ def assert_all_close(paths: dict[str, np.ndarray], want: np.ndarray, atol: float
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_fast_paths_match_reference(name: str) -> None:
     spec = SPECS[name]
-    crops, rows = [], []
+    crops, rows, masks = [], [], []
     for i in range(24):
         rng = sample_rng(7, 0, i, 0)
         h, w = (int(v) for v in rng.integers(20, 90, size=2))
         row = draw_params(spec, rng, h, w)
         crops.append(crop_resize(random_image(i, h, w), row, spec))
+        masks.append(crop_resize_mask(random_mask(i, h, w), row, spec))
         rows.append(row)
-    batch = run_batch(crops, rows, spec).numpy()
-    for i, (crop, row) in enumerate(zip(crops, rows, strict=True)):
-        want = to_unit(augment_reference(crop, row, spec), spec)
-        for path, got in (("cpu", run_cpu(crop, row, spec)), ("batch", batch[i])):
+    batch = run_batch(crops, rows, spec, masks=torch.from_numpy(np.stack(masks))).numpy()
+    for i, (crop, row, mask) in enumerate(zip(crops, rows, masks, strict=True)):
+        want = to_unit(augment_reference(crop, row, spec, mask), spec)
+        for path, got in (("cpu", run_cpu(crop, row, spec, mask)), ("batch", batch[i])):
             err = np.abs(to_unit(got, spec) - want).max()
             assert err < TOL, f"{name} sample {i} {path}: max error {err:.2e}, row {row}"
     # the rows exercised every op at least once
@@ -137,6 +152,7 @@ def test_fast_paths_match_reference(name: str) -> None:
     for col, p in ((P_JITTER, spec.jitter_p), (P_GRAY, spec.grayscale_p)):
         assert (stacked[:, col] != 0).any() == (p > 0)
     assert (stacked[:, P_BLUR_SIGMA] > 0).any() == (spec.blur_p > 0)
+    assert (stacked[:, P_MASK] != 0).any() == (spec.mask_p > 0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -349,3 +365,126 @@ def test_batch_path_does_not_sync_the_host() -> None:
         torch.cuda.set_sync_debug_mode("default")
     want = run_batch(crops, rows, spec).numpy()
     np.testing.assert_allclose(y.float().cpu().numpy(), want, atol=0.02)
+
+
+# ---------------------------------------------------------------------------------------
+# Saliency masking
+# ---------------------------------------------------------------------------------------
+
+
+def mask_row(fill: tuple[float, float, float], **cols: float) -> np.ndarray:
+    row = make_row({P_MASK: 1.0, **cols})
+    row[P_FILL : P_FILL + 3] = fill
+    return row
+
+
+def masked_paths(crop, row, spec, mask) -> dict[str, np.ndarray]:
+    m = None if mask is None else torch.from_numpy(mask[None])
+    return {
+        "reference": augment_reference(crop, row, spec, mask),
+        "cpu": run_cpu(crop, row, spec, mask),
+        "batch": run_batch([crop], [row], spec, masks=m)[0].numpy(),
+    }
+
+
+MASKED_UNIT = ViewSpec(size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), mask_p=1.0, **ALL_ON)
+
+
+def test_mask_replaces_the_background_with_the_fill() -> None:
+    crop = random_image(20, 16, 16)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    mask[0, 0] = 51  # a soft pixel: 20% image, 80% fill
+    fill = (0.25, 0.5, 0.75)
+    want = np.broadcast_to(np.asarray(fill).reshape(3, 1, 1), (3, 16, 16)).copy()
+    want[:, 4:12, 4:12] = crop[4:12, 4:12].transpose(2, 0, 1) / 255.0
+    want[:, 0, 0] = 0.2 * crop[0, 0] / 255.0 + 0.8 * np.asarray(fill)
+    assert_all_close(masked_paths(crop, mask_row(fill), MASKED_UNIT, mask), want)
+
+
+def test_mask_flag_off_or_full_mask_changes_nothing() -> None:
+    crop = random_image(21, 16, 16)
+    plain = crop.transpose(2, 0, 1) / 255.0
+    zeros = np.zeros((16, 16), np.uint8)
+    off = mask_row((1.0, 0.0, 0.0))
+    off[P_MASK] = 0.0
+    assert_all_close(masked_paths(crop, off, MASKED_UNIT, zeros), plain, atol=1e-6)
+    full = np.full((16, 16), 255, np.uint8)
+    assert_all_close(masked_paths(crop, mask_row((1, 0, 0)), MASKED_UNIT, full), plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("order", [(1, 0, 2, 3), (0, 1, 2, 3), (3, 2, 1, 0)])
+def test_masking_comes_before_the_colour_chain(order: tuple[int, ...]) -> None:
+    """The filled background is jittered too, and contrast sees the filled image's mean,
+    whether contrast runs first (the one-pass mean) or later (the two-pass mean)."""
+    crop = random_image(22, 16, 16)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:, 8:] = 255
+    fill = (0.9, 0.1, 0.4)
+    row = mask_row(fill)
+    row[[P_JITTER, P_BRIGHTNESS, P_CONTRAST, P_SATURATION, P_HUE]] = (1, 1.3, 0.4, 1.5, 0.1)
+    row[P_ORDER : P_ORDER + 4] = order
+    filled = np.where(mask[..., None] > 0, crop, np.rint(np.asarray(fill) * 255)).astype(np.uint8)
+    paths = masked_paths(crop, row, MASKED_UNIT, mask)
+    # as if the source had already had its background replaced (fill on the 1/255 grid
+    # differs by < 0.5/255 from the exact fill, hence the looser bar)
+    unmasked = row.copy()
+    unmasked[P_MASK] = 0
+    want = augment_reference(filled, unmasked, MASKED_UNIT)
+    assert_all_close(paths, want, atol=4e-3)
+    ref = paths["reference"]
+    assert_all_close(paths, ref, atol=TOL)
+
+
+def test_estimated_masks_without_a_source_mask() -> None:
+    """mask=None: CPU and reference estimate the same numpy mask; the batch path its torch
+    twin (float32 FFT), whose rounding may move a few mask values by one step (< 2e-3 in
+    pixel units where it does; within TOL almost everywhere)."""
+    spec = ViewSpec(size=64, mean=(0, 0, 0), std=(1, 1, 1), mask_p=1.0, jitter_p=1.0)
+    crops, rows = [], []
+    for i in range(8):
+        img = np.zeros((64, 64, 3), np.uint8) + np.uint8(40 + 10 * i)
+        img[20 + i : 40 + i, 16:44] = random_image(i, 20, 28)  # a textured object
+        row = draw_params(spec, sample_rng(5, 0, i, 0), 64, 64)
+        row[:4] = (0, 0, 64, 64)
+        crops.append(crop_resize(img, row, spec))
+        rows.append(row)
+    batch = run_batch(crops, rows, spec).numpy()
+    for i, (crop, row) in enumerate(zip(crops, rows, strict=True)):
+        ref = augment_reference(crop, row, spec)
+        np.testing.assert_allclose(run_cpu(crop, row, spec), ref, atol=TOL, rtol=0)
+        err = np.abs(batch[i] - ref)
+        assert err.max() < 2e-2 and (err > TOL).mean() < 0.01, (i, err.max())
+        # and the estimated mask did replace some background but kept the object
+        mask = saliency_mask(crop)
+        assert 0 < (mask == 0).mean() < 0.9 and mask[30 + i, 30] == 255
+
+
+def test_source_mask_is_cut_with_the_view_box_and_flip() -> None:
+    spec = ViewSpec(size=10, interpolation="bicubic")
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:15, 17:22] = 255
+    row = make_row({P_H: 10, P_W: 10})
+    row[:2] = (5, 17)
+    np.testing.assert_array_equal(crop_resize_mask(mask, row, spec), mask[5:15, 17:27])
+    row[P_FLIP] = 1
+    np.testing.assert_array_equal(crop_resize_mask(mask, row, spec), mask[5:15, 17:27][:, ::-1])
+
+
+def test_batch_masks_accept_both_shapes_and_skip_when_mask_p_is_zero() -> None:
+    spec = SPECS["masked64"]
+    crops, rows = drawn_batch(spec, 6)
+    masks = np.stack([random_mask(i, 64, 64) for i in range(6)])
+    a = run_batch(crops, rows, spec, masks=torch.from_numpy(masks)).numpy()
+    b = run_batch(crops, rows, spec, masks=torch.from_numpy(masks[:, None])).numpy()
+    np.testing.assert_array_equal(a, b)
+    off = ViewSpec(size=64, mask_fill="random", jitter_p=1.0, solarize_p=0.3)
+    plain = run_batch(crops, [r * (np.arange(NPARAM) != P_MASK) for r in rows], off).numpy()
+    np.testing.assert_array_equal(run_batch(crops, rows, off, masks=torch.zeros(6, 64, 64)), plain)
+
+
+def test_masked_cpu_path_rejects_a_wrong_mask() -> None:
+    with pytest.raises(ValueError, match="mask"):
+        run_cpu(
+            random_image(9, 16, 16), mask_row((0, 0, 0)), MASKED_UNIT, np.zeros((8, 8), np.uint8)
+        )
