@@ -2,6 +2,8 @@
 
     selfsup pretrain [--config NAME|PATH] [key.sub=value ...]
     selfsup pretrain --resume RUN_DIR
+    selfsup pack SRC OUT.beton [--max-res N] [--quality Q] [--workers K]
+    selfsup bench loader --data PATH --recipe NAME [--engine cpu|dali|auto] ...
 
 User errors (bad config, missing data, unknown names) print one line and exit with
 status 2, without a traceback.
@@ -49,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     pre.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    pre.set_defaults(func=_pretrain)
+
+    from selfsup.bench import add_parser as add_bench
+    from selfsup.bench import run as run_bench
+    from selfsup.pipeline.pack import add_parser as add_pack
+
+    add_pack(sub)
+    add_bench(sub).set_defaults(func=run_bench)
     return p
 
 
@@ -86,7 +96,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"pretrain": _pretrain}[args.command](args)
+        return args.func(args)
     except SelfsupError as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2
