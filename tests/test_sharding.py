@@ -63,3 +63,33 @@ def test_drop_last_keeps_shapes_fixed_and_indices_unique(source):
     assert all(b.views[0].shape[1] == 7 for g in got for b in g)
     flat = np.concatenate([b.indices.numpy() for g in got for b in g])
     assert len(np.unique(flat)) == len(flat)
+
+
+def _rank_indices(rank, world, root, port, out):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        loader = Loader(ImageFolderSource(root), "supervised", 6, size=16, seed=3, threads=1)
+        assert (loader.sampler.rank, loader.sampler.world_size) == (rank, world)
+        torch.save([b.indices for b in loader], f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_and_world_size_come_from_torch_distributed(synthetic_root, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = synthetic_root / "train"
+    mp.spawn(_rank_indices, args=(2, root, port, tmp_path), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    single = Loader(ImageFolderSource(root), "supervised", 12, size=16, seed=3, threads=1)
+    for k, batch in enumerate(single):
+        assert torch.equal(batch.indices, torch.cat([got[0][k], got[1][k]]))
