@@ -18,6 +18,8 @@ setup(
         "numba>=0.59",
         "opencv-python-headless>=4.8",
         "simplejpeg>=1.7",
+        # formats OpenCV cannot decode (GIF, some TIFF/WebP), and the bench's reference loader
+        "Pillow>=9.0",
         "pyyaml>=6.0",
         "tqdm>=4.60",
     ],
