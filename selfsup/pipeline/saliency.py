@@ -161,37 +161,45 @@ def saliency_mask(crop: np.ndarray, size: tuple[int, int] | None = None) -> np.n
 # ---------------------------------------------------------------------------------------
 
 
-def _t(m: np.ndarray, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.as_tensor(m, dtype=dtype).to(like.device, non_blocking=True)
+_MATRICES = {"area": area_matrix, "bilinear": bilinear_matrix, "box": box3_circular_matrix}
+
+
+@lru_cache(maxsize=64)
+def _on_device(kind: str, args: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A constant matrix copied to the device once (later batches reuse it, no copy)."""
+    m = gaussian_matrix(*args) if kind == "gauss" else _MATRICES[kind](*args)
+    return torch.as_tensor(m, dtype=dtype).to(device)
 
 
 def saliency_masks_torch(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 foreground masks [B, H, W] of a uint8 batch [B, 3, H, W], on its device.
 
     Computed in ``dtype`` (float32 by default; float64 reproduces :func:`saliency_mask`).
-    No host synchronisation: the flat-image fallback is a ``torch.where``. The constant
-    matrices are copied from the host (pinned copies are not needed: they are tiny and
-    cached by size in ``area_matrix`` and friends).
+    No host synchronisation: the flat-image fallback is a ``torch.where``, and the constant
+    matrices are copied to the device once per (size, device, dtype) and cached.
     """
     b, _, h, w = x.shape
     wr, wg, wb = GRAY_WEIGHTS
     v = x.to(dtype)
     gray = (wr * v[:, 0] + wg * v[:, 1] + wb * v[:, 2]) / 255.0
-    small = _t(area_matrix(WORK, h), x, dtype) @ gray @ _t(area_matrix(WORK, w), x, dtype).T
+    dev = x.device
+    small = _on_device("area", (WORK, h), dev, dtype) @ gray
+    small = small @ _on_device("area", (WORK, w), dev, dtype).T
     f = torch.fft.fft2(small)
     mag = f.abs()
-    box = _t(box3_circular_matrix(WORK), x, dtype)
+    box = _on_device("box", (WORK,), dev, dtype)
     log_amp = torch.log(mag + _EPS)
     residual = log_amp - box @ log_amp @ box.T
     field = torch.exp(residual) * (f / (mag + _EPS))
     field[:, 0, 0] = 0.0  # drop the DC term, as in saliency_map
     s = torch.fft.ifft2(field).abs().square()
-    g = _t(gaussian_matrix(WORK, SIGMA), x, dtype)
+    g = _on_device("gauss", (WORK, SIGMA), dev, dtype)
     s = g @ s @ g.T
     lo = s.amin(dim=(1, 2), keepdim=True)
     s = (s - lo) / (s.amax(dim=(1, 2), keepdim=True) - lo).clamp_min(_EPS)
     fg = (s > THRESHOLD * s.mean(dim=(1, 2), keepdim=True)).to(dtype)
     flat = small.flatten(1).std(dim=1, correction=0).view(b, 1, 1) < FLAT_STD
     fg = torch.where(flat, torch.ones_like(fg), fg)
-    up = _t(bilinear_matrix(h, WORK), x, dtype) @ fg @ _t(bilinear_matrix(w, WORK), x, dtype).T
+    up = _on_device("bilinear", (h, WORK), dev, dtype) @ fg
+    up = up @ _on_device("bilinear", (w, WORK), dev, dtype).T
     return torch.round(up * 255.0).to(torch.uint8)
