@@ -297,6 +297,10 @@ class DaliEngine:
             self._copy_out(outputs[v], dst)
             if not whole:
                 views[gi][slot].index_copy_(0, index, dst)
+        if self.device_id is not None:
+            # DALI reuses its output buffers on the next run: wait for the copies. (With
+            # DALI's dynamic executor, run(cuda_stream=...) could order this without a wait.)
+            torch.cuda.current_stream(self.device).synchronize()
         return True
 
     def _copy_out(self, tensor_list, dst: torch.Tensor) -> None:
@@ -305,8 +309,9 @@ class DaliEngine:
         else:
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
-            # Blocking copy: DALI reuses its output buffers on the next run.
-            feed_ndarray(tensor_list.as_tensor(), dst)
+            # On torch's current stream: ordered after dst's allocation and before its users.
+            stream = torch.cuda.current_stream(self.device)
+            feed_ndarray(tensor_list.as_tensor(), dst, cuda_stream=stream)
 
     def _run_cpu(self, positions, indices, epoch, views, params, labels, used) -> None:
         """The cpu engine's path for ``positions``: decode on the host, replace bad samples."""
