@@ -2,16 +2,25 @@
 
 from selfsup.pipeline.loader import Batch, Loader
 from selfsup.pipeline.sampler import ShardedSampler
-from selfsup.pipeline.sources import ImageFolderSource, Source
+from selfsup.pipeline.sources import (
+    ArraySource,
+    BetonSource,
+    ImageFolderSource,
+    Source,
+    TarShardSource,
+)
 from selfsup.pipeline.views import RECIPES, ViewSpec, recipe
 
 __all__ = [
     "RECIPES",
+    "ArraySource",
     "Batch",
+    "BetonSource",
     "ImageFolderSource",
     "Loader",
     "ShardedSampler",
     "Source",
+    "TarShardSource",
     "ViewSpec",
     "recipe",
 ]

@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from selfsup.pipeline.sources.array import ArraySource
 from selfsup.pipeline.sources.base import Source
+from selfsup.pipeline.sources.beton import BetonSource
 from selfsup.pipeline.sources.folder import ImageFolderSource
+from selfsup.pipeline.sources.tar import TarShardSource
 
-__all__ = ["ImageFolderSource", "Source", "open_split"]
+__all__ = [
+    "ArraySource",
+    "BetonSource",
+    "ImageFolderSource",
+    "Source",
+    "TarShardSource",
+    "open_split",
+]
 
 
 def open_split(data_cfg, split: str) -> Source:
@@ -44,15 +54,11 @@ def open_split(data_cfg, split: str) -> Source:
             f"data.path {str(root)!r} does not exist; give a directory holding {layout}"
         )
     if data_cfg.source == "beton":
-        from selfsup.pipeline.sources.beton import BetonSource
-
         path = root / f"{split}.beton"
         if not path.is_file():
             raise DataError(f"{path} not found; data.path must hold {layout}")
         return BetonSource(path)
     if data_cfg.source == "tar":
-        from selfsup.pipeline.sources.tar import TarShardSource
-
         shards = sorted((root / split).glob("*.tar"))
         if not shards:
             raise DataError(f"no .tar shards in {root / split}; data.path must hold {layout}")
