@@ -276,7 +276,7 @@ class Loader:
             for group, u8, params, m in zip(
                 self.engine.groups, raw.views, raw.params, masks, strict=True
             ):
-                u8 = (u8.pin_memory() if pin else u8).to(dev, non_blocking=True)
+                u8 = (u8.pin_memory() if pin and not u8.is_cuda else u8).to(dev, non_blocking=True)
                 p = torch.from_numpy(params).to(dev, non_blocking=True)
                 m = None if m is None else m.to(dev, non_blocking=True)
                 out, slot = [], 0
