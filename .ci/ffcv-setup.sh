@@ -33,7 +33,7 @@ if ((${#missing[@]})); then
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
     say "apt-get install ${missing[*]}"
     $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends \
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q \
         "${missing[@]}"
 else
     say "apt packages present: ${APT_PACKAGES[*]}"
