@@ -506,3 +506,23 @@ def test_masked_batch_path_does_not_sync_the_host() -> None:
     want = run_batch(crops, rows, spec).numpy()
     err = np.abs(y.cpu().numpy() - want)
     assert (err > 1e-3).mean() < 0.01  # cuFFT vs pocketfft may flip a mask pixel or two
+
+
+@pytest.mark.parametrize("solarize", [0.0, 1.0])
+def test_table_path_equals_the_kernel_chain_bit_for_bit(solarize):
+    """Rows with no colour op take a lookup-table shortcut; it must change no bit."""
+    from selfsup.pipeline import augment as aug
+    from selfsup.pipeline.views import NPARAM, P_SOLARIZE
+
+    spec = ViewSpec(size=24, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
+    crop = np.random.default_rng(5).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    row = np.zeros(NPARAM, np.float32)
+    row[P_SOLARIZE] = solarize
+    fast = np.empty((3, 24, 24), np.float32)
+    aug.augment_cpu(crop, row, spec, fast)
+    slow = np.empty((3, 24, 24), np.float32)
+    aug._colour_kernel(crop, row, slow, aug._NO_MASK)
+    mean = np.asarray(spec.mean, np.float32)
+    inv_std = (1.0 / np.asarray(spec.std)).astype(np.float32)
+    aug._finish_kernel(slow, bool(solarize), mean, inv_std, slow)
+    assert np.array_equal(fast, slow)

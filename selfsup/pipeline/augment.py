@@ -313,6 +313,35 @@ def _finish_kernel(
             o[i] = (v - m) * s
 
 
+@numba.njit(**_JIT)
+def _lut_kernel(src: np.ndarray, lut: np.ndarray, out: np.ndarray) -> None:
+    """``out[c, i] = lut[c, src[i, c]]``: uint8 HWC through a per-channel table into CHW."""
+    n = src.shape[0] * src.shape[1]
+    flat, dst = src.reshape(3 * n), out.reshape(3, n)
+    for c in range(3):
+        t, o = lut[c], dst[c]
+        for i in range(n):
+            o[i] = t[flat[3 * i + c]]
+
+
+_LUTS: dict[tuple, np.ndarray] = {}
+
+
+def _normalise_lut(spec: ViewSpec, solarize: bool) -> np.ndarray:
+    """(3, 256) float32: each uint8 value solarized (optionally) and normalised, computed
+    with the same float32 operations as ``_finish_kernel``, so the results are identical."""
+    key = (spec.mean, spec.std, solarize)
+    lut = _LUTS.get(key)
+    if lut is None:
+        v = _U8_TO_F32.copy()
+        if solarize:
+            v = np.where(v >= _HALF, _1 - v, v).astype(_F)
+        mean = np.asarray(spec.mean, dtype=_F)[:, None]
+        inv_std = (1.0 / np.asarray(spec.std)).astype(_F)[:, None]
+        lut = _LUTS[key] = np.ascontiguousarray((v[None, :] - mean) * inv_std, dtype=_F)
+    return lut
+
+
 _scratch = threading.local()
 
 
@@ -352,6 +381,10 @@ def augment_cpu(
             f"got {crop.shape} and {out.shape}"
         )
     row = np.ascontiguousarray(row, dtype=_F)
+    if not (row[P_JITTER] or row[P_GRAY] or row[P_BLUR_SIGMA] > 0 or row[P_MASK]):
+        # Only (solarize and) normalise: one pass through a 256-entry table per channel.
+        _lut_kernel(np.ascontiguousarray(crop), _normalise_lut(spec, bool(row[P_SOLARIZE])), out)
+        return
     flat_mask = _NO_MASK
     if row[P_MASK]:
         if mask is None:
@@ -383,6 +416,8 @@ def warmup() -> None:
     augment_cpu(crop, row, spec, np.empty((3, 8, 8), dtype=_F))
     row[P_MASK] = 1.0
     augment_cpu(crop, row, spec, np.empty((3, 8, 8), dtype=_F), np.full((8, 8), 200, np.uint8))
+    plain = np.zeros(NPARAM, dtype=_F)  # no colour op: the table path
+    augment_cpu(crop, plain, spec, np.empty((3, 8, 8), dtype=_F))
 
 
 # ---------------------------------------------------------------------------------------
