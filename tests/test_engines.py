@@ -136,3 +136,23 @@ def test_precomputed_masks_replace_the_background_on_both_paths():
         assert torch.allclose(x[:, :, :, 12:], black.expand(8, 3, 20, 8), atol=1e-5)
         assert (x[:, :, :, :8] - black).abs().amax() > 0.5
     assert torch.allclose(fused.views[0], dev.views[0], atol=1e-3)
+
+
+def test_huge_page_buffers_behave_like_torch_empty():
+    import gc
+
+    import torch
+
+    from selfsup.pipeline import buffers
+
+    big = buffers.empty((4, 1024, 1024), torch.float32)  # 16 MiB: mmap-backed
+    small = buffers.empty((3, 5), torch.float32)
+    assert big.shape == (4, 1024, 1024) and big.dtype == torch.float32 and big.is_contiguous()
+    assert small.shape == (3, 5)
+    view = big[1:3].flatten(0, 1)
+    big.fill_(2.0)
+    del big
+    gc.collect()
+    assert view.sum().item() == 2.0 * 2 * 1024 * 1024  # memory lives on with its last user
+    u8 = buffers.empty((9, 1 << 20), torch.uint8)
+    assert u8.dtype == torch.uint8 and u8.numel() == 9 << 20

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from selfsup.errors import DataError
-from selfsup.pipeline import augment
+from selfsup.pipeline import augment, buffers
 from selfsup.pipeline.augment import _CV2_INTERP
 from selfsup.pipeline.decode import DecodeError, decode_image, image_size
 from selfsup.pipeline.rng import replacement_rng, sample_rng
@@ -73,6 +73,14 @@ class EngineBatch:
     # per size group: the source's precomputed saliency masks cut like the views, uint8
     # [V,B,S,S] (uint8 mode, sources with masks, groups with masking only; else None)
     masks: list[torch.Tensor | None] | None = None
+
+
+def _chunks(n: int, threads: int) -> list[np.ndarray]:
+    """Positions 0..n-1 in small consecutive chunks, a few per thread: the pool hands them
+    out as threads come free, so a slow sample (a big image, a replacement) does not leave
+    the other threads idle at the end of the batch, as one equal share per thread would."""
+    size = max(1, min(8, n // (4 * threads)))
+    return [np.arange(i, min(n, i + size)) for i in range(0, n, size)]
 
 
 class _Rows:
@@ -188,7 +196,7 @@ class CpuEngine:
     def load(self, indices: np.ndarray, epoch: int) -> EngineBatch:
         b = len(indices)
         if self.output == "fused":
-            views = [torch.empty((g.count, b, 3, g.size, g.size)) for g in self.groups]
+            views = [buffers.empty((g.count, b, 3, g.size, g.size)) for g in self.groups]
             params = None
         else:
             views = [
@@ -207,10 +215,9 @@ class CpuEngine:
         mask_out = None if masks is None else [m if m is None else m.numpy() for m in masks]
         labels = np.empty(b, dtype=np.int64)
         used = np.empty(b, dtype=np.int64)
-        chunks = [c for c in np.array_split(np.arange(b), self.threads) if len(c)]
         jobs = [
             self._pool.submit(self._work, c, indices, epoch, out, params, labels, used, mask_out)
-            for c in chunks
+            for c in _chunks(b, self.threads)
         ]
         for job in jobs:
             job.result()
@@ -336,7 +343,7 @@ class HostAugment:
     def __call__(self, raw: EngineBatch) -> EngineBatch:
         u8 = [v.cpu().numpy() for v in raw.views]
         out = [
-            torch.empty((g.count, v.shape[1], 3, g.size, g.size))
+            buffers.empty((g.count, v.shape[1], 3, g.size, g.size))
             for g, v in zip(self.groups, u8, strict=True)
         ]
         dst = [o.numpy() for o in out]
@@ -349,8 +356,6 @@ class HostAugment:
                         crop = np.ascontiguousarray(u8[gi][slot, pos])
                         augment.augment_cpu(crop, row, spec, dst[gi][slot, pos])
 
-        b = len(raw.labels)
-        chunks = [c for c in np.array_split(np.arange(b), self.threads) if len(c)]
-        for job in [self._pool.submit(work, c) for c in chunks]:
+        for job in [self._pool.submit(work, c) for c in _chunks(len(raw.labels), self.threads)]:
             job.result()
         return EngineBatch(out, None, raw.labels.cpu(), raw.indices.cpu())
