@@ -138,21 +138,39 @@ def test_precomputed_masks_replace_the_background_on_both_paths():
     assert torch.allclose(fused.views[0], dev.views[0], atol=1e-3)
 
 
-def test_huge_page_buffers_behave_like_torch_empty():
-    import gc
-
+def test_buffer_pool_reuses_only_buffers_nobody_holds():
     import torch
 
-    from selfsup.pipeline import buffers
+    from selfsup.pipeline.buffers import BufferPool
 
-    big = buffers.empty((4, 1024, 1024), torch.float32)  # 16 MiB: mmap-backed
-    small = buffers.empty((3, 5), torch.float32)
-    assert big.shape == (4, 1024, 1024) and big.dtype == torch.float32 and big.is_contiguous()
-    assert small.shape == (3, 5)
-    view = big[1:3].flatten(0, 1)
-    big.fill_(2.0)
-    del big
-    gc.collect()
-    assert view.sum().item() == 2.0 * 2 * 1024 * 1024  # memory lives on with its last user
-    u8 = buffers.empty((9, 1 << 20), torch.uint8)
-    assert u8.dtype == torch.uint8 and u8.numel() == 9 << 20
+    pool = BufferPool(keep=2)
+    a = pool.empty((4, 5))
+    view = a[1:].flatten()  # a view keeps the storage in use
+    del a
+    b = pool.empty((4, 5))
+    assert b.data_ptr() != view.data_ptr() - 5 * 4  # not handed out again while viewed
+    arr = b.numpy()  # so does a numpy array
+    del b
+    c = pool.empty((4, 5))
+    assert c.data_ptr() != arr.ctypes.data
+    del view, arr, c
+    d = pool.empty((4, 5))
+    assert pool.reused == 1 and d.shape == (4, 5)
+    assert pool.empty((2, 2), torch.uint8).dtype == torch.uint8
+
+
+def test_batches_a_caller_keeps_are_never_overwritten(synthetic_root):
+    from selfsup.pipeline import ImageFolderSource, Loader
+
+    source = ImageFolderSource(synthetic_root / "train")
+    kw = dict(batch_size=8, size=16, seed=2, threads=2)
+    kept = list(Loader(source, "simclr", **kw))  # every batch held at once
+    cloned = [[v.clone() for v in b.views] for b in Loader(source, "simclr", **kw)]
+    for b, c in zip(kept, cloned, strict=True):
+        for v, w in zip(b.views, c, strict=True):
+            assert torch.equal(v, w)
+    # and when batches are dropped, the pool recycles their memory
+    loader = Loader(source, "simclr", **kw)
+    for _ in loader:
+        pass
+    assert loader.engine._buffers.reused > 0

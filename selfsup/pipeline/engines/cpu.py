@@ -184,6 +184,8 @@ class CpuEngine:
         self.bad: dict[int, BadSample] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="selfsup-cpu-engine")
+        # batches in flight: one being made, `prefetch` queued, one or two held by the caller
+        self._buffers = buffers.BufferPool(keep=6 * len(self.groups))
         # Parallelism comes from this pool: each OpenCV call stays on its own thread.
         cv2.setNumThreads(1)
         augment.warmup()
@@ -196,7 +198,7 @@ class CpuEngine:
     def load(self, indices: np.ndarray, epoch: int) -> EngineBatch:
         b = len(indices)
         if self.output == "fused":
-            views = [buffers.empty((g.count, b, 3, g.size, g.size)) for g in self.groups]
+            views = [self._buffers.empty((g.count, b, 3, g.size, g.size)) for g in self.groups]
             params = None
         else:
             views = [
@@ -334,6 +336,7 @@ class HostAugment:
         self.specs = [[s for s in g.specs for _ in range(s.count)] for g in self.groups]
         self.threads = threads or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="selfsup-host-augment")
+        self._buffers = buffers.BufferPool(keep=6 * len(self.groups))
         cv2.setNumThreads(1)
         augment.warmup()
 
@@ -343,7 +346,7 @@ class HostAugment:
     def __call__(self, raw: EngineBatch) -> EngineBatch:
         u8 = [v.cpu().numpy() for v in raw.views]
         out = [
-            buffers.empty((g.count, v.shape[1], 3, g.size, g.size))
+            self._buffers.empty((g.count, v.shape[1], 3, g.size, g.size))
             for g, v in zip(self.groups, u8, strict=True)
         ]
         dst = [o.numpy() for o in out]
