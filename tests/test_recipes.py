@@ -202,3 +202,19 @@ def test_fill_draws_leave_the_older_columns_unchanged() -> None:
     b = draw_rows(ViewSpec(size=16, mask_p=0.3, mask_fill="random"), n=100)
     assert a.shape[1] == NPARAM
     np.testing.assert_array_equal(a[:, :P_MASK], b[:, :P_MASK])
+
+
+def test_jitter_orders_and_crop_positions_are_uniform() -> None:
+    """All 24 jitter orders come up about equally often; crop corners cover their range."""
+    from itertools import permutations
+
+    from selfsup.pipeline.views import P_ORDER, P_X0, P_Y0
+
+    rows = draw_rows(ViewSpec(size=16, scale=(0.2, 0.2), ratio=(1.0, 1.0)), n=4800)
+    orders = [tuple(int(v) for v in r[P_ORDER : P_ORDER + 4]) for r in rows]
+    counts = np.array([orders.count(p) for p in permutations(range(4))])
+    assert counts.sum() == 4800 and abs(counts - 200).max() < 4 * np.sqrt(200)
+    # a square crop of 20% of a 300x400 image: side 155, so y0 in [0, 145], x0 in [0, 245]
+    y0, x0 = rows[:, P_Y0], rows[:, P_X0]
+    assert y0.min() == 0 and y0.max() == 145 and x0.min() == 0 and x0.max() == 245
+    assert abs(y0.mean() - 72.5) < 3 and abs(x0.mean() - 122.5) < 4

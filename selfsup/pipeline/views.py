@@ -151,20 +151,33 @@ def gaussian_kernel1d(sigma: float, radius: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 
+# One view's random numbers come from a single bulk draw of _NDRAW uniforms in [0, 1), laid
+# out in fixed slots whatever the spec says, so changing one probability reshuffles nothing
+# else, and one call replaces a dozen scalar draws (the per-view cost is Python overhead).
+_U_BOX = 0  # 10 tries x (area, log-ratio, y, x)
+_U_COIN = 40  # flip, jitter, gray, blur, solarize, mask
+_U_FACTOR = 46  # brightness, contrast, saturation, hue
+_U_ORDER = 50  # 4 keys: the jitter order is their argsort (a uniform permutation)
+_U_SIGMA = 54
+_U_FILL = 55  # 3: the random fill colour
+_NDRAW = 58
+
+
 def _random_resized_box(
-    spec: ViewSpec, rng: np.random.Generator, h: int, w: int
+    spec: ViewSpec, u: list[float], h: int, w: int
 ) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop box: 10 tries in area and log-ratio, then a fallback."""
     area = h * w
-    log_r = (math.log(spec.ratio[0]), math.log(spec.ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(spec.scale[0], spec.scale[1])
-        aspect = math.exp(rng.uniform(log_r[0], log_r[1]))
+    lo, hi = math.log(spec.ratio[0]), math.log(spec.ratio[1])
+    s0, s1 = spec.scale
+    for t in range(_U_BOX, _U_BOX + 40, 4):
+        target = area * (s0 + (s1 - s0) * u[t])
+        aspect = math.exp(lo + (hi - lo) * u[t + 1])
         cw = int(round(math.sqrt(target * aspect)))
         ch = int(round(math.sqrt(target / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
-            y0 = int(rng.integers(0, h - ch + 1))
-            x0 = int(rng.integers(0, w - cw + 1))
+            y0 = min(h - ch, int(u[t + 2] * (h - ch + 1)))
+            x0 = min(w - cw, int(u[t + 3] * (w - cw + 1)))
             return y0, x0, ch, cw
     # Fallback: the whole image, clamped to the allowed aspect ratios, centred.
     in_ratio = w / h
@@ -186,36 +199,41 @@ def _center_box(spec: ViewSpec, h: int, w: int) -> tuple[int, int, int, int]:
 def draw_params(spec: ViewSpec, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Draw one view's parameter row for a decoded image of ``h`` x ``w`` pixels.
 
-    The draws happen in a fixed order whatever the probabilities, so changing one
-    probability does not reshuffle the other choices of the same sample. Columns added
-    later draw after all earlier ones, so older columns keep their values.
+    All random numbers come from one bulk draw with a fixed slot per choice, whatever the
+    probabilities, so changing one probability does not reshuffle the other choices of the
+    same sample.
     """
     p = np.zeros(NPARAM, dtype=np.float32)
     if spec.crop == "center":
         p[P_Y0], p[P_X0], p[P_H], p[P_W] = _center_box(spec, h, w)
         p[P_ORDER : P_ORDER + 4] = (0, 1, 2, 3)
         return p
-    p[P_Y0], p[P_X0], p[P_H], p[P_W] = _random_resized_box(spec, rng, h, w)
-    u = rng.random(6)  # flip, jitter, gray, blur, solarize, mask coins
-    p[P_FLIP] = u[0] < spec.flip_p
-    p[P_JITTER] = u[1] < spec.jitter_p
-    b, c, s = spec.brightness, spec.contrast, spec.saturation
-    p[P_BRIGHTNESS] = rng.uniform(max(0.0, 1 - b), 1 + b)
-    p[P_CONTRAST] = rng.uniform(max(0.0, 1 - c), 1 + c)
-    p[P_SATURATION] = rng.uniform(max(0.0, 1 - s), 1 + s)
-    p[P_HUE] = rng.uniform(-spec.hue, spec.hue)
-    p[P_ORDER : P_ORDER + 4] = rng.permutation(4)
-    p[P_GRAY] = u[2] < spec.grayscale_p
-    sigma = rng.uniform(spec.blur_sigma[0], spec.blur_sigma[1])
-    p[P_BLUR_SIGMA] = sigma if u[3] < spec.blur_p else 0.0
-    p[P_SOLARIZE] = u[4] < spec.solarize_p
-    p[P_MASK] = u[5] < spec.mask_p
-    fill = rng.random(3)  # drawn whatever mask_fill is, so the choice reshuffles nothing
+    draws = rng.random(_NDRAW)
+    u = draws.tolist()
+    p[P_Y0], p[P_X0], p[P_H], p[P_W] = _random_resized_box(spec, u, h, w)
+    coin = [u[_U_COIN + k] for k in range(6)]  # flip, jitter, gray, blur, solarize, mask
+    p[P_FLIP] = coin[0] < spec.flip_p
+    p[P_JITTER] = coin[1] < spec.jitter_p
+    for k, (col, f) in enumerate(
+        (
+            (P_BRIGHTNESS, spec.brightness),
+            (P_CONTRAST, spec.contrast),
+            (P_SATURATION, spec.saturation),
+        )
+    ):
+        lo = max(0.0, 1 - f)
+        p[col] = lo + (1 + f - lo) * u[_U_FACTOR + k]
+    p[P_HUE] = spec.hue * (2 * u[_U_FACTOR + 3] - 1)
+    p[P_ORDER : P_ORDER + 4] = np.argsort(draws[_U_ORDER : _U_ORDER + 4], kind="stable")
+    p[P_GRAY] = coin[2] < spec.grayscale_p
+    s0, s1 = spec.blur_sigma
+    p[P_BLUR_SIGMA] = s0 + (s1 - s0) * u[_U_SIGMA] if coin[3] < spec.blur_p else 0.0
+    p[P_SOLARIZE] = coin[4] < spec.solarize_p
+    p[P_MASK] = coin[5] < spec.mask_p
     if spec.mask_fill == "mean":
-        fill = np.asarray(spec.mean)
-    elif spec.mask_fill == "black":
-        fill = np.zeros(3)
-    p[P_FILL : P_FILL + 3] = fill
+        p[P_FILL : P_FILL + 3] = spec.mean
+    elif spec.mask_fill == "random":
+        p[P_FILL : P_FILL + 3] = draws[_U_FILL : _U_FILL + 3]
     return p
 
 
