@@ -315,13 +315,16 @@ def _finish_kernel(
 
 @numba.njit(**_JIT)
 def _lut_kernel(src: np.ndarray, lut: np.ndarray, out: np.ndarray) -> None:
-    """``out[c, i] = lut[c, src[i, c]]``: uint8 HWC through a per-channel table into CHW."""
+    """``out[c, i] = lut[c, src[i, c]]``: uint8 HWC through a per-channel table into CHW,
+    in one pass over the pixels (three output streams)."""
     n = src.shape[0] * src.shape[1]
     flat, dst = src.reshape(3 * n), out.reshape(3, n)
-    for c in range(3):
-        t, o = lut[c], dst[c]
-        for i in range(n):
-            o[i] = t[flat[3 * i + c]]
+    o0, o1, o2 = dst[0], dst[1], dst[2]
+    t0, t1, t2 = lut[0], lut[1], lut[2]
+    for i in range(n):
+        o0[i] = t0[flat[3 * i]]
+        o1[i] = t1[flat[3 * i + 1]]
+        o2[i] = t2[flat[3 * i + 2]]
 
 
 _LUTS: dict[tuple, np.ndarray] = {}
