@@ -174,3 +174,17 @@ def test_batches_a_caller_keeps_are_never_overwritten(synthetic_root):
     for _ in loader:
         pass
     assert loader.engine._buffers.reused > 0
+
+
+def test_stored_masks_keep_auto_on_the_cpu_engine_and_refuse_dali(monkeypatch):
+    from selfsup.pipeline import Loader
+    from selfsup.pipeline import loader as loader_mod
+    from selfsup.pipeline.views import ViewSpec
+
+    source = _MaskedArraySource()
+    masked = [ViewSpec(size=16, mask_p=0.5)]
+    monkeypatch.setattr(loader_mod, "dali_installed", lambda: True)
+    loader = Loader(source, masked, 4, device="cuda", engine="auto", prefetch=0)
+    assert loader.engine_name == "cpu"
+    with pytest.raises(ConfigError, match="precomputed saliency masks"):
+        Loader(source, masked, 4, engine="dali")

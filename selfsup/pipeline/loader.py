@@ -24,7 +24,13 @@ import torch
 
 from selfsup.errors import ConfigError, DataError
 from selfsup.pipeline import augment
-from selfsup.pipeline.engines.cpu import BadSample, CpuEngine, EngineBatch, HostAugment
+from selfsup.pipeline.engines.cpu import (
+    BadSample,
+    CpuEngine,
+    EngineBatch,
+    HostAugment,
+    source_has_masks,
+)
 from selfsup.pipeline.sampler import ShardedSampler
 from selfsup.pipeline.sources.base import Source
 from selfsup.pipeline.views import ViewSpec
@@ -128,6 +134,14 @@ class Loader:
             self.device.type == "cuda" if augment_on_device is None else augment_on_device
         )
         self.engine_name = resolve_engine(engine, self.device)
+        if self.engine_name == "dali" and source_has_masks(source):
+            if any(v.mask_p > 0 for v in views):
+                if engine == "dali":
+                    raise ConfigError(
+                        "the dali engine cannot cut the source's precomputed saliency masks; "
+                        "use engine 'cpu' (or 'auto'), or views without mask_p"
+                    )
+                self.engine_name = "cpu"  # auto: the cpu engine handles stored masks
         if self.engine_name == "dali":
             from selfsup.pipeline.engines.dali import DaliEngine
 

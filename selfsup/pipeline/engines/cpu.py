@@ -75,6 +75,12 @@ class EngineBatch:
     masks: list[torch.Tensor | None] | None = None
 
 
+def source_has_masks(source: Source) -> bool:
+    """Whether ``source`` offers precomputed saliency masks (``read_mask``; ``has_masks``
+    when only some instances of its class do, e.g. .beton files without a mask field)."""
+    return hasattr(source, "read_mask") and bool(getattr(source, "has_masks", True))
+
+
 def _chunks(n: int, threads: int) -> list[np.ndarray]:
     """Positions 0..n-1 in small consecutive chunks, a few per thread: the pool hands them
     out as threads come free, so a slow sample (a big image, a replacement) does not leave
@@ -179,7 +185,7 @@ class CpuEngine:
         self.output = output
         self.reduced_decode = reduced_decode
         # Precomputed saliency masks, when the source has them and a view masks at all.
-        self.source_masks = hasattr(source, "read_mask") and any(v.mask_p > 0 for v in views)
+        self.source_masks = source_has_masks(source) and any(v.mask_p > 0 for v in views)
         self._mask_groups = {gi for gi, _, spec in self.plan if spec.mask_p > 0}
         self.bad: dict[int, BadSample] = {}
         self._lock = threading.Lock()

@@ -289,6 +289,11 @@ class BetonSource:
             return img, int(self._labels[index])
         raise OSError(f"{self.describe(index)}: unknown image mode {mode} (corrupt metadata)")
 
+    @property
+    def has_masks(self) -> bool:
+        """Whether the file has a saliency-mask field (``mask_field`` given and found)."""
+        return self.mask_field is not None
+
     def read_mask(self, index: int) -> np.ndarray | None:
         """The sample's saliency mask as an H x W uint8 array, or None without a mask field.
 
