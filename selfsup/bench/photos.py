@@ -17,10 +17,7 @@ into place when complete (the conventions of ``pipeline/sources/synthetic.py``).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,7 +27,7 @@ import simplejpeg
 from tqdm import tqdm
 
 from selfsup.errors import DataError
-from selfsup.pipeline.sources.synthetic import default_cache_dir
+from selfsup.pipeline.sources.generated import default_cache_dir, ensure_generated
 
 PHOTOS_VERSION = 1
 JPEG_QUALITY = 90
@@ -137,24 +134,6 @@ def _meta(seed: int, count: int, classes: int) -> dict:
     }
 
 
-def _check_meta(root: Path, want: dict) -> bool:
-    """True if ``root`` holds the set ``want`` describes; DataError if it holds another."""
-    path = root / "meta.json"
-    if not path.is_file():
-        return False
-    try:
-        have = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} is unreadable ({e}); delete {root} to regenerate it") from e
-    diff = [f"{k}={have.get(k)!r} (asked {v!r})" for k, v in want.items() if have.get(k) != v]
-    if diff:
-        raise DataError(
-            f"{path} describes a different photo set: {', '.join(diff)}; "
-            f"pass another root or delete {root} to regenerate it"
-        )
-    return True
-
-
 def _generate(out: Path, seed: int, count: int, classes: int, progress: bool) -> list[int]:
     names = class_names(classes)
     for name in names:
@@ -198,29 +177,12 @@ def ensure_photos(
         root = default_cache_dir() / f"photos-v{PHOTOS_VERSION}-s{seed}-{count}x{classes}"
     root = Path(root).expanduser().absolute()
     want = _meta(seed, count, classes)
-    if _check_meta(root, want):
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise DataError(
-            f"{root} exists but holds no photo set (no meta.json); "
-            "pass an empty or new directory as the photo set root"
-        )
-    # Build in a private sibling, then rename: readers never see a half-written set, and of
-    # two racing processes one rename wins while the other finds the finished copy.
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+
+    def generate(tmp: Path) -> dict:
         sizes = _generate(tmp, seed, count, classes, progress)
-        meta = {**want, "mean_bytes": round(float(np.mean(sizes)))}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        try:
-            os.rename(tmp, root)  # replaces an empty directory, fails on a full one
-        except OSError:
-            if not _check_meta(root, want):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+        return {"mean_bytes": round(float(np.mean(sizes)))}
+
+    return ensure_generated(root, want, "photo set", generate)
 
 
 if __name__ == "__main__":  # a quick look at what the generator makes

@@ -11,11 +11,8 @@ not depend on the thread count, and a smaller dataset is a prefix of a larger on
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +22,7 @@ import simplejpeg
 from tqdm import tqdm
 
 from selfsup.errors import DataError
+from selfsup.pipeline.sources.generated import default_cache_dir, ensure_generated
 
 SYNTHETIC_VERSION = 2
 JPEG_QUALITY = 90
@@ -83,12 +81,6 @@ def _unit(parts: list[tuple[np.ndarray, bool]]) -> list[tuple[np.ndarray, bool]]
 
 CLASSES: tuple[str, ...] = tuple(f"{i:02d}_{name}" for i, name in enumerate(_SHAPES))
 _PARTS = [_unit(parts) for parts in _SHAPES.values()]
-
-
-def default_cache_dir() -> Path:
-    """Where datasets are cached: ``$SELFSUP_CACHE`` if set, else ``~/.cache/selfsup``."""
-    env = os.environ.get("SELFSUP_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "selfsup"
 
 
 def image_rng(seed: int, split: str, label: int, index: int) -> np.random.Generator:
@@ -179,24 +171,6 @@ def _meta(seed: int, train_per_class: int, val_per_class: int) -> dict:
     }
 
 
-def _check_meta(root: Path, want: dict) -> bool:
-    """True if ``root`` holds the dataset ``want`` describes; DataError if it holds another."""
-    path = root / "meta.json"
-    if not path.is_file():
-        return False
-    try:
-        have = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} is unreadable ({e}); delete {root} to regenerate it") from e
-    diff = [f"{k}={have.get(k)!r} (asked {v!r})" for k, v in want.items() if have.get(k) != v]
-    if diff:
-        raise DataError(
-            f"{path} describes a different synthetic dataset: {', '.join(diff)}; "
-            f"pass another root or delete {root} to regenerate it"
-        )
-    return True
-
-
 def _generate(out: Path, seed: int, counts: dict[str, int], progress: bool) -> None:
     jobs = [(s, label, i) for s, n in counts.items() for label in range(len(CLASSES))
             for i in range(n)]  # fmt: skip
@@ -237,26 +211,7 @@ def ensure_synthetic(
         root = default_cache_dir() / name
     root = Path(root).expanduser().absolute()
     want = _meta(seed, train_per_class, val_per_class)
-    if _check_meta(root, want):
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise DataError(
-            f"{root} exists but holds no synthetic dataset (no meta.json); "
-            "pass an empty or new directory as the dataset root"
-        )
-
-    # Build in a private sibling, then rename: readers never see a half-written dataset, and of
-    # two racing processes one rename wins while the other finds the finished copy.
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        _generate(tmp, seed, {"train": train_per_class, "val": val_per_class}, progress)
-        (tmp / "meta.json").write_text(json.dumps(want, indent=2) + "\n")
-        try:
-            os.rename(tmp, root)  # replaces an empty directory, fails on a full one
-        except OSError:
-            if not _check_meta(root, want):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    counts = {"train": train_per_class, "val": val_per_class}
+    return ensure_generated(
+        root, want, "synthetic dataset", lambda tmp: _generate(tmp, seed, counts, progress) or {}
+    )
