@@ -53,6 +53,7 @@ class DataConfig:
     eval_size: int = bounded(224, 8)  # side of the centre crop used by k-NN evaluation
     view_overrides: dict[str, Any] = field(default_factory=dict)  # ViewSpec fields for all views
     engine: str = choice("auto", "auto", "cpu", "dali")  # auto: dali on a GPU if installed
+    reduced_decode: bool = True  # cpu engine: DCT-scaled JPEG decoding when the crops allow
     threads: int = bounded(0, 0)  # decode/augment threads; 0 = one per core
     prefetch: int = bounded(2, 0)  # batches prepared ahead of the training step
     max_bad_fraction: float = bounded(0.01, 0.0, 1.0)

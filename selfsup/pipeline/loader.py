@@ -92,6 +92,8 @@ class Loader:
         engine: ``cpu`` (libjpeg-turbo over a thread pool), ``dali`` (nvJPEG on the GPU of
             a CUDA ``device``, DALI's CPU-only mode otherwise) or ``auto`` (dali on CUDA
             devices when nvidia-dali is installed, cpu otherwise).
+        reduced_decode: cpu engine: decode JPEGs at the smallest 1/2, 1/4 or 1/8 DCT scale
+            that leaves every crop at least its view's size (faster; False: always full).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class Loader:
         max_bad_fraction: float = 0.01,
         augment_on_device: bool | None = None,
         engine: str = "auto",
+        reduced_decode: bool = True,
     ) -> None:
         if isinstance(recipe, str):
             views = make_recipe(recipe, size, **(view_overrides or {}))
@@ -164,6 +167,7 @@ class Loader:
                 threads=threads,
                 max_bad_fraction=max_bad_fraction,
                 output="uint8" if self.device_augment else "fused",
+                reduced_decode=reduced_decode,
             )
             self._host_augment = None
         self.sampler = ShardedSampler(

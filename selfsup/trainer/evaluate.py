@@ -18,6 +18,7 @@ def extract_features(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     threads: int = 0,
+    reduced_decode: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised features and labels of every sample, centre-cropped, in index order."""
     loader = Loader(
@@ -31,6 +32,7 @@ def extract_features(
         drop_last=False,
         threads=threads,
         prefetch=1,
+        reduced_decode=reduced_decode,
     )
     was_training = backbone.training
     backbone.eval()

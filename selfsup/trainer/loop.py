@@ -120,6 +120,7 @@ def pretrain(
         size=data.size, view_overrides=data.view_overrides,
         channels_last=channels_last, threads=data.threads, prefetch=data.prefetch,
         max_bad_fraction=data.max_bad_fraction, engine=data.engine,
+        reduced_decode=data.reduced_decode,
     )  # fmt: skip
 
     torch.manual_seed(cfg.train.seed)
@@ -254,7 +255,11 @@ def evaluate_knn(cfg: Config, backbone, device: torch.device) -> dict:
     out = {}
     for key, net in nets.items():
         kw = dict(
-            size=data.eval_size, batch_size=ev.batch_size, device=device, threads=data.threads
+            size=data.eval_size,
+            batch_size=ev.batch_size,
+            device=device,
+            threads=data.threads,
+            reduced_decode=data.reduced_decode,
         )
         train_f, train_y = extract_features(net, train_source, **kw)
         val_f, val_y = extract_features(net, val_source, **kw)
