@@ -20,8 +20,8 @@ from selfsup.pipeline.sources.beton import (
     HEADER_DTYPE,
     MIN_PAGE_SIZE,
     BetonSource,
-    write_beton,
 )
+from selfsup.pipeline.sources.beton_write import write_beton
 
 
 def make_images(n: int, seed: int = 0, size: int = 24) -> list[tuple[np.ndarray, int]]:

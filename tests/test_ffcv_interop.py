@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from selfsup.pipeline.decode import decode_image
-from selfsup.pipeline.sources.beton import BetonSource, resize_longest_side, write_beton
+from selfsup.pipeline.sources.beton import BetonSource
+from selfsup.pipeline.sources.beton_write import resize_longest_side, write_beton
 
 pytestmark = pytest.mark.ffcv
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from selfsup.errors import DataError
 from selfsup.pipeline.decode import DecodeError, decode_image
-from selfsup.pipeline.sources.beton import write_beton
+from selfsup.pipeline.sources.beton_write import write_beton
 from selfsup.pipeline.sources.folder import ImageFolderSource
 
 
