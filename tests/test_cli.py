@@ -104,3 +104,26 @@ def test_corrupt_image_in_folder_run_is_reported(capsys, synthetic_root, tmp_pat
     assert code == 0, err
     assert f"skipped bad sample {victim}: not a decodable image" in err
     assert "bad samples skipped: 1" in out
+
+
+def test_bench_loader_through_the_cli(synthetic_root, tmp_path, capsys):
+    import json
+
+    from selfsup.cli import main
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "loader", "--data", str(synthetic_root / "train"), "--size", "32"]
+    args += ["--batch-size", "8", "--batches", "1", "--warmup", "1", "--repeats", "1"]
+    args += ["--workers", "1", "--no-progress", "--json", str(out)]
+    assert main(args) == 0
+    assert "ratio selfsup / reference" in capsys.readouterr().out
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["selfsup"]["images_per_sec"] > 0 and summary["reference"]["images_per_sec"] > 0
+
+
+def test_bench_loader_missing_data_is_one_line_error(tmp_path, capsys):
+    from selfsup.cli import main
+
+    assert main(["bench", "loader", "--data", str(tmp_path / "nope"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("selfsup: error:") and "Traceback" not in err
