@@ -308,7 +308,10 @@ def test_gpu_decode_matches_cpu_engine(needs_dali):
         diff = (a.views[g].cpu().float() - b.views[g].float()).abs().mean().item()
         assert diff < 3.0, diff
     short = dali.load(idx[:5], 0)
-    assert torch.equal(short.views[1], a.views[1][:, :5])
+    # DALI splits a batch between the hardware JPEG engine and the CUDA decoder depending on
+    # its size, and the two may differ in the last bits: allow that, not more.
+    d = (short.views[1].int() - a.views[1][:, :5].int()).abs().max().item()
+    assert d <= 2, d
     dali.close(), cpu.close()
 
 

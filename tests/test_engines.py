@@ -184,7 +184,7 @@ def test_stored_masks_keep_auto_on_the_cpu_engine_and_refuse_dali(monkeypatch):
     source = _MaskedArraySource()
     masked = [ViewSpec(size=16, mask_p=0.5)]
     monkeypatch.setattr(loader_mod, "dali_installed", lambda: True)
-    loader = Loader(source, masked, 4, device="cuda", engine="auto", prefetch=0)
+    loader = Loader(source, masked, 4, device="cuda:0", engine="auto", prefetch=0)
     assert loader.engine_name == "cpu"
     with pytest.raises(ConfigError, match="precomputed saliency masks"):
         Loader(source, masked, 4, engine="dali")

@@ -172,3 +172,25 @@ def test_replacement_keeps_label_consistent(synthetic_root, tmp_path):
     loader = Loader(src, "simclr", 8, size=16, max_bad_fraction=0.05, drop_last=False)
     for b in collect(loader):
         assert np.array_equal(b.labels.numpy(), src.labels[b.indices.numpy()])
+
+
+@pytest.mark.parametrize("recipe_name", ["simclr", "byol", "dino"])
+def test_device_path_keeps_channels_last_in_every_group(source, recipe_name):
+    """byol and dino put two specs in one size group; their concatenation stays NHWC."""
+    loader = Loader(
+        source, recipe_name, 4, size=32, seed=0, threads=1, prefetch=0,
+        augment_on_device=True, channels_last=True,
+    )  # fmt: skip
+    batch = next(iter(loader))
+    for v in batch.views:
+        assert v.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_device_chain_ignores_a_callers_autocast(source):
+    """Iterating inside autocast must not move the chain (convolutions) to bf16."""
+    kw = dict(size=32, seed=3, threads=1, prefetch=0, augment_on_device=True)
+    plain = next(iter(Loader(source, "byol", 4, **kw)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = next(iter(Loader(source, "byol", 4, **kw)))
+    for a, b in zip(plain.views, cast.views, strict=True):
+        assert b.dtype == torch.float32 and torch.equal(a, b)

@@ -94,7 +94,7 @@ def _blur_t(x: torch.Tensor, sigma: torch.Tensor, spec: ViewSpec) -> torch.Tenso
     return y.view(b, c, h, w)
 
 
-def augment_batch(
+def _augment_batch(
     x: torch.Tensor,
     params: torch.Tensor,
     spec: ViewSpec,
@@ -165,3 +165,20 @@ def augment_batch(
     norm = [(x[:, c] - m) / s for c, (m, s) in enumerate(zip(spec.mean, spec.std, strict=True))]
     x = torch.stack(norm, dim=1).to(dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def augment_batch(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    spec: ViewSpec,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    masks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Augment a batch of cropped views on its device: uint8 [B, 3, S, S] -> normalised.
+
+    See :func:`_augment_batch`. Runs with autocast off, so a caller's autocast region
+    cannot push the chain (its FFTs and convolutions) into half precision.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        return _augment_batch(x, params, spec, dtype, channels_last, masks)

@@ -129,6 +129,9 @@ class Loader:
         self.source = source
         self.views = views
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            # "cuda" means the current device (torchrun ranks set it); DALI needs the number
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = dtype
         self.channels_last = channels_last
         self.prefetch = prefetch
@@ -155,7 +158,7 @@ class Loader:
                 seed=seed,
                 threads=threads,
                 max_bad_fraction=max_bad_fraction,
-                device_id=(self.device.index or 0) if cuda else None,
+                device_id=self.device.index if cuda else None,
             )
             # The colour chain of DALI's uint8 crops runs on the host when not on a device.
             self._host_augment = None if self.device_augment else HostAugment(views, threads)
@@ -264,7 +267,7 @@ class Loader:
         def run() -> None:
             try:
                 for idx in batches:
-                    if stop.is_set() or not put(self.engine.load(idx, epoch)):
+                    if stop.is_set() or not put(self._pinned(self.engine.load(idx, epoch))):
                         return
                 put(done)
             except BaseException as e:  # handed to the consumer, raised there
@@ -284,8 +287,25 @@ class Loader:
             stop.set()
             worker.join()
 
+    def _pinned(self, raw: EngineBatch) -> EngineBatch:
+        """``raw`` with its host tensors in pinned memory, for asynchronous copies to a GPU
+        (done here, in the prefetch thread, not in the training loop's thread)."""
+        if self.device.type != "cuda" or self._host_augment is not None:
+            return raw
+
+        def pin(t):
+            return t if t is None or t.is_cuda else t.pin_memory()
+
+        return EngineBatch(
+            [pin(v) for v in raw.views],
+            raw.params,
+            pin(raw.labels),
+            pin(raw.indices),
+            None if raw.masks is None else [pin(m) for m in raw.masks],
+        )
+
     def _deliver(self, raw: EngineBatch) -> Batch:
-        dev, pin = self.device, self.device.type == "cuda"
+        dev, cuda = self.device, self.device.type == "cuda"
         if self._host_augment is not None:
             raw = self._host_augment(raw)
         if self.device_augment:
@@ -294,7 +314,7 @@ class Loader:
             for group, u8, params, m in zip(
                 self.engine.groups, raw.views, raw.params, masks, strict=True
             ):
-                u8 = (u8.pin_memory() if pin and not u8.is_cuda else u8).to(dev, non_blocking=True)
+                u8 = u8.to(dev, non_blocking=True)
                 p = torch.from_numpy(params).to(dev, non_blocking=True)
                 m = None if m is None else m.to(dev, non_blocking=True)
                 out, slot = [], 0
@@ -310,12 +330,21 @@ class Loader:
                     )
                     out.append(y.unflatten(0, (spec.count, -1)))
                     slot += spec.count
-                views.append(torch.cat(out) if len(out) > 1 else out[0])
+                if len(out) == 1:
+                    views.append(out[0])
+                elif self.channels_last:
+                    # torch.cat of 5-D tensors would drop the NHWC strides of each view
+                    nhwc = torch.cat([o.permute(0, 1, 3, 4, 2) for o in out])
+                    views.append(nhwc.permute(0, 1, 4, 2, 3))
+                else:
+                    views.append(torch.cat(out))
         else:
             views = []
             for v in raw.views:
                 if self.channels_last:
                     # [V,B,3,S,S] whose flatten(0,1) has NHWC strides.
                     v = v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-                views.append(v.to(dev, self.dtype))
-        return Batch(views, raw.labels.to(dev), raw.indices.to(dev))
+                views.append(v.to(dev, self.dtype, non_blocking=cuda))
+        # non_blocking: a blocking host-to-device copy would wait for the training stream
+        labels = raw.labels.to(dev, non_blocking=cuda)
+        return Batch(views, labels, raw.indices.to(dev, non_blocking=cuda))

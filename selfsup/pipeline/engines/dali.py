@@ -202,6 +202,9 @@ class DaliEngine:
                 device="cpu" if self.device_id is None else "mixed",
                 output_type=types.RGB,
                 adjust_orientation=False,  # images with EXIF rotation never reach DALI
+                # nvJPEG defaults to plain chroma upsampling; libjpeg-turbo (the cpu engine)
+                # uses fancy upsampling, which 4:2:0 JPEGs (most photos) make visible.
+                jpeg_fancy_upsampling=True,
             )
             outputs = []
             for v, (_, _, spec) in enumerate(self.plan):
