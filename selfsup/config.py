@@ -309,6 +309,15 @@ def _check_names(cfg: Config, where: str) -> None:
             f"{where}: unknown recipe {cfg.data.recipe!r} in data.recipe; "
             f"choose one of {', '.join(sorted(RECIPES))}"
         )
+    from selfsup.trainer.methods import method_class
+
+    views = sum(v.count for v in RECIPES[cfg.data.recipe]())
+    need = getattr(method_class(cfg.method.name, where), "min_views", 1)
+    if views < need:
+        raise ConfigError(
+            f"{where}: data.recipe {cfg.data.recipe!r} makes {views} view(s) per image but "
+            f"method {cfg.method.name!r} needs at least {need}; choose another recipe"
+        )
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -82,3 +82,24 @@ def test_resolved_config_round_trips(tmp_path):
     dump_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert config_to_dict(again) == config_to_dict(cfg)
+
+
+def test_a_recipe_with_too_few_views_for_the_method_is_rejected():
+    with pytest.raises(ConfigError, match="needs at least 2"):
+        load_config("default", ["data.recipe=supervised"])
+
+
+def test_simclr_trains_on_a_multi_crop_recipe():
+    """dino's 2x224 + 8x96 views (here 2x32 + 8x14): one backbone pass per size."""
+    import torch
+
+    from selfsup.trainer.methods import build_method
+    from selfsup.trainer.models import build_model
+
+    cfg = load_config("default", ["data.recipe=dino", "method.proj_hidden_dim=16"])
+    backbone = build_model("resnet18", small_input=True, width=8)
+    method = build_method(cfg.method, backbone, backbone.num_features)
+    views = [torch.randn(2, 4, 3, 32, 32), torch.randn(8, 4, 3, 14, 14)]
+    loss = method(views)
+    loss.backward()
+    assert torch.isfinite(loss) and backbone.conv1.weight.grad is not None

@@ -22,6 +22,7 @@ from selfsup.trainer.methods import register
 @register("simclr")
 class SimCLR(nn.Module):
     recipe = "simclr"
+    min_views = 2  # positives need a second view
 
     @dataclass
     class Config:
@@ -39,7 +40,9 @@ class SimCLR(nn.Module):
         self.projector = mlp(num_features, hidden, cfg.proj_dim, cfg.proj_layers, last_bn=True)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
-        x = torch.cat([g.flatten(0, 1) for g in views])  # [V*B, 3, S, S], view-major
+        # One backbone pass per view size (multi-crop recipes), features concatenated
+        # view-major; every view of a sample is a positive of every other.
+        h = torch.cat([self.backbone(g.flatten(0, 1)) for g in views])  # [V*B, F]
         v = sum(g.shape[0] for g in views)
-        z = self.projector(self.backbone(x))
+        z = self.projector(h)
         return info_nce(z.float().reshape(v, -1, z.shape[-1]), self.cfg.temperature)
