@@ -3,7 +3,7 @@
 # nvidia-smi, torch is pinned to the CPU wheel through constraints/cpu.txt so that
 # no CUDA packages are downloaded; set CONSTRAINTS= to install an unpinned torch.
 #
-# `make test` (what CI runs) also installs the `dali` extra (nvidia-dali, about 1 GB; its
+# `make test` (what CI runs) also installs the `dali` and `triton` extras (nvidia-dali, about 1 GB; its
 # CPU-only mode runs here) and builds the real ffcv in .venv-ffcv (.ci/ffcv-setup.sh, which
 # apt-installs OpenCV and libjpeg-turbo headers) for the .beton interoperability tests.
 # Tests marked `gpu` need a CUDA device: `make test-gpu` runs them.
@@ -22,7 +22,7 @@ $(VENV)/.installed: setup.py $(wildcard constraints/*.txt)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(VENV)/bin/pip install -q $(PIP_ARGS) -e '.[dev,dali]'
+	$(VENV)/bin/pip install -q $(PIP_ARGS) -e '.[dev,dali,triton]'
 	touch $@
 
 $(FFCV_VENV)/.ready: .ci/ffcv-setup.sh
