@@ -167,6 +167,18 @@ def _augment_batch(
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def _use_fused(x: torch.Tensor) -> bool:
+    """Run the per-pixel chain in the fused Triton kernel: CUDA tensors, Triton importable.
+
+    Imported lazily so the CPU path never imports Triton (nor ``selfsup.kernels.color``).
+    """
+    if x.device.type != "cuda":
+        return False
+    from selfsup.kernels.color import fused_available
+
+    return fused_available()
+
+
 def augment_batch(
     x: torch.Tensor,
     params: torch.Tensor,
@@ -178,7 +190,13 @@ def augment_batch(
     """Augment a batch of cropped views on its device: uint8 [B, 3, S, S] -> normalised.
 
     See :func:`_augment_batch`. Runs with autocast off, so a caller's autocast region
-    cannot push the chain (its FFTs and convolutions) into half precision.
+    cannot push the chain (its FFTs and convolutions) into half precision. On CUDA with
+    Triton, the per-pixel chain runs in the fused kernel of ``selfsup/kernels/color.py``
+    (same results within float rounding); elsewhere the batched torch ops below.
     """
     with torch.autocast(x.device.type, enabled=False):
+        if _use_fused(x):
+            from selfsup.kernels import color
+
+            return color.augment_batch_fused(x, params, spec, dtype, channels_last, masks)
         return _augment_batch(x, params, spec, dtype, channels_last, masks)
