@@ -1,0 +1,206 @@
+"""Kernel benchmarks: time and peak memory of each implementation against plain torch.
+
+    .venv/bin/python benchmarks/kernels.py                 # every registered case
+    .venv/bin/python benchmarks/kernels.py --only contrastive --n 8192
+
+Each row is one (kernel, shape, dtype, impl); the ratio columns compare it with the plain-torch
+baseline of the same kernel and shape measured in the same run.
+
+Peak memory, and how it is measured:
+- CUDA: ``torch.cuda.max_memory_allocated`` during forward + backward, minus the memory held
+  before it (inputs), after ``reset_peak_memory_stats``. Times from CUDA events.
+- CPU: every measurement runs in a fresh subprocess, which reads its peak resident set size
+  (``VmHWM`` in /proc/self/status) after forward + backward. A baseline subprocess does the same
+  setup (imports, inputs) without calling the kernel; the reported peak is the difference. (Python's
+  tracemalloc does not see torch's allocations; peak RSS does, at page granularity.)
+
+Other kernels add rows by appending a function to ``CASES``: it receives the parsed arguments
+and a ``measure(kernel, impl, spec)`` helper and returns a list of ``Row``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class Row:
+    kernel: str
+    shape: str
+    dtype: str
+    impl: str
+    seconds: float
+    peak_bytes: int
+    baseline: bool = False  # the plain-torch row the others of this (kernel, shape) compare to
+
+
+# --------------------------------------------------------------------------------------------
+# Work functions: (impl, spec, device) -> (setup() -> state, run(state) -> None). They run in
+# the measuring process (a fresh subprocess on CPU).
+
+
+def _contrastive_work(impl: str, spec: dict, device: str):
+    from selfsup.kernels.contrastive import info_nce
+
+    dtype = getattr(torch, spec["dtype"])
+
+    def setup():
+        gen = torch.Generator().manual_seed(0)
+        z = torch.randn(spec["v"], spec["n"], spec["d"], generator=gen).to(device, dtype)
+        return z.requires_grad_()
+
+    def run(z):
+        info_nce(z, 0.1, impl=impl).backward()
+        z.grad = None
+
+    return setup, run
+
+
+WORK = {"contrastive": _contrastive_work}
+
+
+def _measure_here(kernel: str, impl: str, spec: dict, device: str, repeat: int) -> dict:
+    """Time and peak memory of one (kernel, impl) in this process; impl "none" = setup only."""
+    setup, run = WORK[kernel]("reference" if impl == "none" else impl, spec, device)
+    state = setup()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run(state)  # warm-up (compilation), also the memory measurement
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - held
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeat):
+            run(state)
+        end.record()
+        torch.cuda.synchronize()
+        return {"seconds": start.elapsed_time(end) / 1000 / repeat, "peak_bytes": peak}
+    seconds = 0.0
+    if impl != "none":
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            run(state)
+        seconds = (time.perf_counter() - t0) / repeat
+    return {"seconds": seconds, "vmhwm_bytes": _vmhwm()}
+
+
+def _vmhwm() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _measure_in_subprocess(kernel: str, impl: str, spec: dict, repeat: int) -> dict:
+    job = json.dumps({"kernel": kernel, "impl": impl, "spec": spec, "repeat": repeat})
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", job], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def make_measure(args):
+    """The helper given to cases: measure(kernel, impl, spec) -> (seconds, peak_bytes)."""
+    cpu_baseline: dict[str, int] = {}
+
+    def measure(kernel: str, impl: str, spec: dict) -> tuple[float, int]:
+        if args.device == "cuda":
+            r = _measure_here(kernel, impl, spec, "cuda", args.repeat)
+            return r["seconds"], r["peak_bytes"]
+        key = json.dumps([kernel, spec], sort_keys=True)
+        if key not in cpu_baseline:
+            cpu_baseline[key] = _measure_in_subprocess(kernel, "none", spec, 1)["vmhwm_bytes"]
+        r = _measure_in_subprocess(kernel, impl, spec, args.repeat)
+        return r["seconds"], r["vmhwm_bytes"] - cpu_baseline[key]
+
+    return measure
+
+
+# --------------------------------------------------------------------------------------------
+# Cases: (args, measure) -> list[Row]. Append new kernels here.
+
+
+def contrastive_cases(args, measure) -> list[Row]:
+    dtypes = ["float32"] if args.device == "cpu" else ["float32", "bfloat16"]
+    impls = ["reference", "tiled"] + (["triton"] if args.device == "cuda" else [])
+    rows = []
+    for dtype in dtypes:
+        spec = {"v": args.views, "n": args.n, "d": args.d, "dtype": dtype}
+        shape = f"V={args.views} N={args.n} D={args.d}"
+        for impl in impls:
+            seconds, peak = measure("contrastive", impl, spec)
+            row = Row("nt-xent fwd+bwd", shape, dtype, impl, seconds, peak, impl == "reference")
+            rows.append(row)
+    return rows
+
+
+CASES = [("contrastive", contrastive_cases)]
+
+
+def print_table(rows: list[Row]) -> None:
+    header = f"{'kernel':<16} {'shape':<22} {'dtype':<9} {'impl':<10} {'time':>9} "
+    header += f"{'peak MiB':>9} {'time/base':>9} {'mem/base':>9}"
+    print(header)
+    print("-" * len(header))
+    base = {}
+    for r in rows:
+        if r.baseline:
+            base[(r.kernel, r.shape, r.dtype)] = r
+    for r in rows:
+        b = base.get((r.kernel, r.shape, r.dtype))
+        t_ratio = f"{r.seconds / b.seconds:.2f}" if b and b.seconds else "-"
+        m_ratio = f"{r.peak_bytes / b.peak_bytes:.3f}" if b and b.peak_bytes > 0 else "-"
+        print(
+            f"{r.kernel:<16} {r.shape:<22} {r.dtype:<9} {r.impl:<10} {r.seconds * 1e3:>7.1f}ms "
+            f"{r.peak_bytes / 2**20:>9.1f} {t_ratio:>9} {m_ratio:>9}"
+        )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--only", help="run only the cases whose name contains this")
+    parser.add_argument("--views", type=int, default=2)
+    parser.add_argument("--n", type=int, default=8192, help="samples per view")
+    parser.add_argument("--d", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:  # one CPU measurement in a fresh process
+        job = json.loads(args.child)
+        print(
+            json.dumps(_measure_here(job["kernel"], job["impl"], job["spec"], "cpu", job["repeat"]))
+        )
+        return
+    torch.manual_seed(0)
+    measure = make_measure(args)
+    rows = []
+    for name, case in CASES:
+        if args.only is None or args.only in name:
+            rows += case(args, measure)
+    how = (
+        "torch.cuda.max_memory_allocated minus inputs; CUDA events"
+        if args.device == "cuda"
+        else "peak RSS (VmHWM) of a fresh subprocess minus that of a setup-only subprocess; "
+        "wall clock"
+    )
+    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(f"peak memory: {how}; ratios vs the plain-torch reference in this run\n")
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
