@@ -3,6 +3,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton kernels run in its interpreter (on CPU tensors). Triton reads the
+# variable when a kernel is decorated, so it is set before any test module imports one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Keep tests away from the user's cache: the synthetic dataset and anything else cached
 # goes to a private temporary directory.
