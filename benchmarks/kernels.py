@@ -67,7 +67,53 @@ def _contrastive_work(impl: str, spec: dict, device: str):
     return setup, run
 
 
-WORK = {"contrastive": _contrastive_work}
+def _sinkhorn_work(impl: str, spec: dict, device: str):
+    from selfsup.kernels.sinkhorn import sinkhorn
+
+    dtype = getattr(torch, spec["dtype"])
+
+    def setup():  # cosine scores between embeddings and prototypes, as SwAV has them
+        gen = torch.Generator().manual_seed(0)
+        z = torch.nn.functional.normalize(torch.randn(spec["b"], 128, generator=gen), dim=1)
+        c = torch.nn.functional.normalize(torch.randn(spec["k"], 128, generator=gen), dim=1)
+        return (z @ c.T).to(device, dtype)
+
+    def run(scores):
+        sinkhorn(scores, 0.05, spec["iterations"], impl=impl)
+
+    return setup, run
+
+
+def _colour_work(impl: str, spec: dict, device: str):
+    import numpy as np
+
+    from selfsup.pipeline import augment_device
+    from selfsup.pipeline.rng import sample_rng
+    from selfsup.pipeline.views import ViewSpec, draw_params
+
+    view = ViewSpec(size=spec["s"], blur_p=0.0, solarize_p=0.2)  # SimCLR-like, no blur
+    dtype = getattr(torch, spec["dtype"])
+
+    def setup():
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (spec["b"], 3, spec["s"], spec["s"]), generator=gen)
+        x = x.to(torch.uint8).contiguous(memory_format=torch.channels_last).to(device)
+        rows = [draw_params(view, sample_rng(0, 0, i, 0), 256, 256) for i in range(spec["b"])]
+        return x, torch.from_numpy(np.stack(rows)).to(device)
+
+    def run(state):
+        x, params = state
+        if impl == "fused":
+            from selfsup.kernels.color import color_jitter_fused
+
+            color_jitter_fused(x, params, view.mean, view.std, dtype, True)
+        else:  # the sequence of torch ops (augment_batch's own chain)
+            augment_device._augment_batch(x, params, view, dtype, True)
+
+    return setup, run
+
+
+WORK = {"contrastive": _contrastive_work, "sinkhorn": _sinkhorn_work, "colour": _colour_work}
 
 
 def _measure_here(kernel: str, impl: str, spec: dict, device: str, repeat: int) -> dict:
@@ -147,7 +193,36 @@ def contrastive_cases(args, measure) -> list[Row]:
     return rows
 
 
-CASES = [("contrastive", contrastive_cases)]
+def sinkhorn_cases(args, measure) -> list[Row]:
+    impls = ["torch", "reference"] + (["triton"] if args.device == "cuda" else [])
+    spec = {"b": 4096, "k": 3000, "iterations": 3, "dtype": "float32"}
+    rows = []
+    for impl in impls:
+        seconds, peak = measure("sinkhorn", impl, spec)
+        rows.append(
+            Row("sinkhorn", "B=4096 K=3000 it=3", "float32", impl, seconds, peak, impl == "torch")
+        )
+    return rows
+
+
+def colour_cases(args, measure) -> list[Row]:
+    """The fused colour kernel is Triton-only: on CPU only the torch chain is timed."""
+    impls = ["torch"] + (["fused"] if args.device == "cuda" else [])
+    b = 256 if args.device == "cuda" else 32
+    spec = {"b": b, "s": 224, "dtype": "bfloat16" if args.device == "cuda" else "float32"}
+    rows = []
+    for impl in impls:
+        seconds, peak = measure("colour", impl, spec)
+        shape = f"{b}x3x224x224 u8"
+        rows.append(Row("colour", shape, spec["dtype"], impl, seconds, peak, impl == "torch"))
+    return rows
+
+
+CASES = [
+    ("contrastive", contrastive_cases),
+    ("sinkhorn", sinkhorn_cases),
+    ("colour", colour_cases),
+]
 
 
 def print_table(rows: list[Row]) -> None:
