@@ -85,3 +85,13 @@ def test_kernels_really_run_in_the_interpreter():
     import selfsup.kernels.contrastive_triton as kt
 
     assert isinstance(kt._fwd, InterpretedFunction)
+
+
+def test_kernel_limits_and_precision_choice():
+    from selfsup.kernels import contrastive_triton as ct
+
+    assert ct._precision() == "ieee"  # the interpreter; compiled fp32 dots use "tf32x3"
+    assert ct._blocks(128, torch.bfloat16) == (64, 64, 128)
+    assert ct._blocks(128, torch.float32) == (32, 32, 128)  # fp32 tiles: smaller blocks
+    with pytest.raises(ValueError, match="D <= 256"):
+        ct._blocks(300, torch.float32)

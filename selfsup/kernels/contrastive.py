@@ -315,7 +315,9 @@ def info_nce(
     if impl not in IMPLS:
         raise ValueError(f"info_nce impl must be one of {', '.join(IMPLS)}; got {impl!r}")
     if impl == "auto":
-        impl = "triton" if z.is_cuda and _triton_available() else "tiled"
+        # the Triton kernels hold whole rows of D per program: D up to 256 (MAX_D there)
+        fits = z.shape[-1] <= 256
+        impl = "triton" if z.is_cuda and fits and _triton_available() else "tiled"
     kwargs = dict(extra_negatives=extra_negatives, relic_alpha=relic_alpha)
     if impl == "reference":
         return info_nce_reference(z, temperature, **kwargs)

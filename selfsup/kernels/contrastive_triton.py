@@ -32,6 +32,7 @@ from selfsup.kernels.contrastive import _check, _normalised, relic_term_tiled
 def _fwd(
     Q, K, LSE, LOSS, R, C, D, NS, scale, inv_pos, stride_q, stride_k,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
@@ -54,7 +55,7 @@ def _fwd(
         )
         if UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
         valid = (cols[None, :] < C) & (cols[None, :] != rows[:, None])
         positive = valid & (cols[None, :] < R) & (cols[None, :] % NS == rows[:, None] % NS)
         pos_sum += tl.sum(tl.where(positive, s, 0.0), 1)
@@ -69,9 +70,9 @@ def _fwd(
 
 
 @triton.jit
-def _tile_weights(q, k, rows, cols, lse, g, R, C, NS, scale, inv_pos):
+def _tile_weights(q, k, rows, cols, lse, g, R, C, NS, scale, inv_pos, PREC: tl.constexpr):
     """d loss / d (q.k) for one tile: g_i * (p_ik - [positive] / (V - 1)) * scale."""
-    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
     valid = (rows[:, None] < R) & (cols[None, :] < C) & (cols[None, :] != rows[:, None])
     positive = valid & (cols[None, :] < R) & (cols[None, :] % NS == rows[:, None] % NS)
     p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
@@ -82,6 +83,7 @@ def _tile_weights(q, k, rows, cols, lse, g, R, C, NS, scale, inv_pos):
 def _bwd_dq(
     Q, K, LSE, G, DQ, R, C, D, NS, scale, inv_pos, stride_q, stride_k,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
@@ -101,8 +103,8 @@ def _bwd_dq(
         )
         if UPCAST:
             k = k.to(tl.float32)
-        w = _tile_weights(q, k, rows, cols, lse, g, R, C, NS, scale, inv_pos)
-        acc += tl.dot(w.to(k.dtype), k, input_precision="ieee")
+        w = _tile_weights(q, k, rows, cols, lse, g, R, C, NS, scale, inv_pos, PREC)
+        acc += tl.dot(w.to(k.dtype), k, input_precision=PREC)
     tl.store(DQ + rows[:, None] * D + dims[None, :], acc, mask=row_mask)
 
 
@@ -110,6 +112,7 @@ def _bwd_dq(
 def _bwd_dk(
     Q, K, LSE, G, DK, R, C, D, NS, scale, inv_pos, stride_q, stride_k,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
 ):  # fmt: skip
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
@@ -129,8 +132,8 @@ def _bwd_dk(
             q = q.to(tl.float32)
         lse = tl.load(LSE + rows, mask=rows < R, other=0.0)
         g = tl.load(G + rows, mask=rows < R, other=0.0)
-        w = _tile_weights(q, k, rows, cols, lse, g, R, C, NS, scale, inv_pos)
-        acc += tl.dot(tl.trans(w).to(q.dtype), q, input_precision="ieee")
+        w = _tile_weights(q, k, rows, cols, lse, g, R, C, NS, scale, inv_pos, PREC)
+        acc += tl.dot(tl.trans(w).to(q.dtype), q, input_precision=PREC)
     tl.store(DK + cols[:, None] * D + dims[None, :], acc, mask=col_mask)
 
 
@@ -140,9 +143,22 @@ def _upcast(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and bool(triton.knobs.runtime.interpret)
 
 
-def _blocks(d: int) -> tuple[int, int, int]:
+MAX_D = 256  # each program holds whole [BLOCK, D] row tiles; larger D goes to the tiled path
+
+
+def _precision() -> str:
+    """fp32 dots: "tf32x3" (three TF32 tensor-core passes, about fp32 accuracy) on the GPU;
+    compiled "ieee" fp32 dots run on CUDA cores and spill (seen in sm_90 builds). The
+    interpreter computes in numpy and takes "ieee"."""
+    return "ieee" if triton.knobs.runtime.interpret else "tf32x3"
+
+
+def _blocks(d: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    if d > MAX_D:
+        raise ValueError(f"the Triton NT-Xent kernels take D <= {MAX_D}, got {d}; use impl='tiled'")
     block_d = max(16, triton.next_power_of_2(d))
-    block = 64 if block_d <= 128 else 32  # keep q, k and the accumulator in registers
+    # keep q, k and the accumulator in registers (fp32 tiles are twice the bytes)
+    block = 64 if block_d <= 128 and dtype != torch.float32 else 32
     return block, block, block_d
 
 
@@ -156,11 +172,12 @@ class _NTXentRows(torch.autograd.Function):
         c = len(k)
         lse = torch.empty(r, device=q.device, dtype=torch.float32)
         loss = torch.empty_like(lse)
-        block_m, block_n, block_d = _blocks(d)
+        block_m, block_n, block_d = _blocks(d, q.dtype)
         scale, inv_pos = 1.0 / temperature, num_samples / (r - num_samples)
         _fwd[(triton.cdiv(r, block_m),)](
             q, k, lse, loss, r, c, d, num_samples, scale, inv_pos, q.stride(0), k.stride(0),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=_upcast(q.dtype),
+            PREC=_precision(),
         )  # fmt: skip
         ctx.save_for_backward(q, k, lse)
         ctx.meta = (num_samples, scale, inv_pos)
@@ -174,9 +191,12 @@ class _NTXentRows(torch.autograd.Function):
         g = grad_loss.float().contiguous()
         dq = torch.empty(r, d, device=q.device, dtype=torch.float32)
         dk = torch.empty(c, d, device=q.device, dtype=torch.float32)
-        block_m, block_n, block_d = _blocks(d)
+        block_m, block_n, block_d = _blocks(d, q.dtype)
         args = (r, c, d, num_samples, scale, inv_pos, q.stride(0), k.stride(0))
-        blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=_upcast(q.dtype))
+        blocks = dict(
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=_upcast(q.dtype),
+            PREC=_precision(),
+        )  # fmt: skip
         _bwd_dq[(triton.cdiv(r, block_m),)](q, k, lse, g, dq, *args, **blocks)
         _bwd_dk[(triton.cdiv(c, block_n),)](q, k, lse, g, dk, *args, **blocks)
         return dq.to(q.dtype), dk.to(k.dtype), None, None
