@@ -227,7 +227,7 @@ if triton is not None:
                          sxb, sxc, sxh, sxw, smb, smh, smw,
                          HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
         """Pre-pass: per (pixel block, sample), the sum of gray just before contrast."""
-        pid, bi = tl.program_id(0), tl.program_id(1)
+        bi, pid = tl.program_id(0), tl.program_id(1)  # samples on axis 0 (no 65535 cap)
         b64 = bi.to(tl.int64)
         row = p_ptr + b64 * _NP
         offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -254,7 +254,7 @@ if triton is not None:
                       IN_U8: tl.constexpr, HAS_MASK: tl.constexpr, COLOR: tl.constexpr,
                       FINISH: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
         """One pass over a block of one sample's pixels: read once, chain, write once."""
-        pid, bi = tl.program_id(0), tl.program_id(1)
+        bi, pid = tl.program_id(0), tl.program_id(1)  # samples on axis 0 (no 65535 cap)
         b64 = bi.to(tl.int64)
         row = p_ptr + b64 * _NP
         offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -309,13 +309,14 @@ def _launch(x, params, masks, mean, std, out_dtype, channels_last, color, finish
         raise ValueError(f"params must be [{bsz}, {NPARAM}], got {tuple(p.shape)}")
     m, ms = _mask_view(masks, x)
     block = _block(h * w)
-    grid = (triton.cdiv(h * w, block), bsz)
+    nblk = triton.cdiv(h * w, block)
+    grid = (bsz, nblk)
     in_u8 = x.dtype == torch.uint8
     mgray = p  # placeholder pointer when no colour stage
     if color:
-        part = torch.empty((bsz, grid[0]), device=x.device, dtype=torch.float32)
+        part = torch.empty((bsz, nblk), device=x.device, dtype=torch.float32)
         _gray_sum_kernel[grid](
-            x, m, p, part, h, w, grid[0], *x.stride(), *ms,
+            x, m, p, part, h, w, nblk, *x.stride(), *ms,
             HAS_MASK=masks is not None, BLOCK=block,
         )  # fmt: skip
         mgray = part.sum(dim=1) / (h * w)

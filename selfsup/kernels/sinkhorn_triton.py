@@ -51,7 +51,9 @@ def _row_partial_kernel(
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n
         mask = mask_n[:, None] & mask_k[None, :]
-        s = tl.load(s_ptr + offs_n[:, None] * stride_s + offs_k[None, :], mask=mask, other=0.0)
+        s = tl.load(
+            s_ptr + offs_n[:, None].to(tl.int64) * stride_s + offs_k[None, :], mask=mask, other=0.0
+        )
         v = tl.load(v_ptr + offs_n, mask=mask_n, other=0.0)
         x = tl.where(mask, s.to(dtype) * inv_eps + v[:, None], float("-inf"))
         m_new = tl.maximum(m, tl.max(x, axis=0))
@@ -77,7 +79,9 @@ def _col_kernel(
         offs_k = start + tl.arange(0, BLOCK_K)
         mask_k = offs_k < k
         mask = mask_n[:, None] & mask_k[None, :]
-        s = tl.load(s_ptr + offs_n[:, None] * stride_s + offs_k[None, :], mask=mask, other=0.0)
+        s = tl.load(
+            s_ptr + offs_n[:, None].to(tl.int64) * stride_s + offs_k[None, :], mask=mask, other=0.0
+        )
         u = tl.load(u_ptr + offs_k, mask=mask_k, other=0.0)
         x = tl.where(mask, s.to(dtype) * inv_eps + u[None, :], float("-inf"))
         m_new = tl.maximum(m, tl.max(x, axis=1))
@@ -102,12 +106,14 @@ def _assign_kernel(
     inv_eps = tl.load(c_ptr)
     shift = tl.load(c_ptr + 1)
     rows = row0 + offs_n
-    s = tl.load(s_ptr + rows[:, None] * stride_s + offs_k[None, :], mask=mask, other=0.0)
+    s = tl.load(
+        s_ptr + rows[:, None].to(tl.int64) * stride_s + offs_k[None, :], mask=mask, other=0.0
+    )
     u = tl.load(u_ptr + offs_k, mask=mask_k, other=0.0)
     v = tl.load(v_ptr + rows, mask=mask_n, other=0.0)
     x = tl.where(mask, s.to(dtype) * inv_eps + u[None, :] + v[:, None] + shift, float("-inf"))
     q = tl.exp(x)
-    tl.store(out_ptr + offs_n[:, None] * k + offs_k[None, :], q, mask=mask)
+    tl.store(out_ptr + offs_n[:, None].to(tl.int64) * k + offs_k[None, :], q, mask=mask)
 
 
 def _row_lse(s: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
