@@ -18,8 +18,9 @@ import simplejpeg
 import torch
 
 from selfsup.errors import ConfigError, DataError
+from selfsup.pipeline.decode import jpeg_orientation
 from selfsup.pipeline.engines.cpu import CpuEngine
-from selfsup.pipeline.engines.dali import DaliEngine, dali_jpeg_size, exif_orientation
+from selfsup.pipeline.engines.dali import DaliEngine, dali_jpeg_size
 from selfsup.pipeline.views import P_FLIP, ViewSpec
 
 # Views without colour ops; the engines only crop, resize and flip anyway.
@@ -108,8 +109,8 @@ def test_host_checks_route_only_plain_jpegs_to_dali():
     img = _image(rng, 30, 40)
     good = _jpeg(img)
     assert dali_jpeg_size(good) == (30, 40)
-    assert exif_orientation(good) == 1
-    assert exif_orientation(_exif_jpeg(6)) == 6
+    assert jpeg_orientation(good) == 1
+    assert jpeg_orientation(_exif_jpeg(6)) == 6
     assert dali_jpeg_size(_exif_jpeg(1)) == (16, 24)
     assert dali_jpeg_size(_exif_jpeg(6)) is None  # rotated: decoded on the host
     assert dali_jpeg_size(good[: len(good) // 2]) is None  # truncated

@@ -140,6 +140,11 @@ def _decode_jpeg(data: bytes, max_reduction: int, max_pixels: int) -> np.ndarray
     return _orient(img, orientation) if orientation > 1 else img
 
 
+def jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation (1..8) of a JPEG's header, 1 when absent or unreadable."""
+    return _jpeg_header(data)[2]
+
+
 def _reduction(h: int, w: int, max_reduction: int) -> int:
     if max_reduction < 2 or min(h, w) < 8:
         return 1

@@ -23,7 +23,7 @@ DALI does the pixel work only. Everything that decides *which* pixels stays in s
 
 DALI gets only samples it is sure to decode the way ``decode_image`` would: baseline or
 progressive JPEG bytes whose header parses, colour space YCbCr/Gray/RGB, no EXIF rotation
-(so whether or not ``decode_image`` applies EXIF orientation, DALI never has to), ending in an
+(read by ``decode.jpeg_orientation``, the parser ``decode_image`` uses), ending in an
 EOI marker (a truncated file would otherwise abort the whole DALI batch), at most
 ``MAX_DALI_PIXELS`` pixels. Everything else (pixel
 arrays, PNG and other formats, CMYK, unreadable or damaged files) takes the cpu engine's path,
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import struct
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -47,7 +46,7 @@ import simplejpeg
 import torch
 
 from selfsup.errors import ConfigError
-from selfsup.pipeline.decode import JPEG_MAGIC
+from selfsup.pipeline.decode import JPEG_MAGIC, jpeg_orientation
 from selfsup.pipeline.engines.cpu import CpuEngine, EngineBatch
 from selfsup.pipeline.rng import sample_rng
 from selfsup.pipeline.sources.base import Source
@@ -76,38 +75,6 @@ def _import_dali():
 # -- host-side checks on encoded bytes ---------------------------------------------------
 
 
-def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation tag (1..8) of a JPEG, 1 when absent or unreadable.
-
-    Walks the marker segments up to the first scan; reads IFD0 of an ``Exif`` APP1 segment.
-    """
-    pos, n = 2, len(data)
-    while pos + 4 <= n and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xDA:  # start of scan: no more metadata
-            break
-        length = struct.unpack_from(">H", data, pos + 2)[0]
-        seg = pos + 4
-        if marker == 0xE1 and data[seg : seg + 6] == b"Exif\0\0":
-            return _tiff_orientation(data[seg + 6 : pos + 2 + length])
-        pos += 2 + length
-    return 1
-
-
-def _tiff_orientation(tiff: bytes) -> int:
-    try:
-        end = {b"II": "<", b"MM": ">"}[tiff[:2]]
-        (ifd,) = struct.unpack_from(end + "I", tiff, 4)
-        (count,) = struct.unpack_from(end + "H", tiff, ifd)
-        for k in range(count):
-            tag, typ, _, value = struct.unpack_from(end + "HHIH", tiff, ifd + 2 + 12 * k)
-            if tag == 0x0112 and typ == 3:  # Orientation, SHORT
-                return value if 1 <= value <= 8 else 1
-    except (KeyError, struct.error):
-        pass
-    return 1
-
-
 def dali_jpeg_size(payload) -> tuple[int, int] | None:
     """``(height, width)`` if DALI should decode ``payload``, else None (the cpu path takes it)."""
     if not isinstance(payload, bytes | bytearray | memoryview) or bytes(payload[:3]) != JPEG_MAGIC:
@@ -121,7 +88,7 @@ def dali_jpeg_size(payload) -> tuple[int, int] | None:
         return None
     if colorspace not in _DALI_COLORSPACES or not 0 < h * w <= MAX_DALI_PIXELS:
         return None
-    if exif_orientation(data) != 1:
+    if jpeg_orientation(data) != 1:
         return None
     return h, w
 
