@@ -36,6 +36,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from selfsup.kernels import triton_available
+
 IMPLS = ("auto", "reference", "tiled", "triton")
 
 
@@ -290,14 +292,6 @@ def info_nce_tiled(
 # Dispatch
 
 
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def info_nce(
     z: torch.Tensor,
     temperature: float,
@@ -317,7 +311,7 @@ def info_nce(
     if impl == "auto":
         # the Triton kernels hold whole rows of D per program: D up to 256 (MAX_D there)
         fits = z.shape[-1] <= 256
-        impl = "triton" if z.is_cuda and fits and _triton_available() else "tiled"
+        impl = "triton" if z.is_cuda and fits and triton_available() else "tiled"
     kwargs = dict(extra_negatives=extra_negatives, relic_alpha=relic_alpha)
     if impl == "reference":
         return info_nce_reference(z, temperature, **kwargs)

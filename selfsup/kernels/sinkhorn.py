@@ -40,6 +40,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from selfsup.kernels import triton_available
+
 IMPLS = ("auto", "torch", "triton", "reference")
 
 
@@ -166,14 +168,6 @@ def sinkhorn_torch(
         return q[-scores.shape[0] :]
 
 
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def sinkhorn(
     scores: torch.Tensor,
     epsilon: float = 0.05,
@@ -189,7 +183,7 @@ def sinkhorn(
     if impl not in IMPLS:
         raise ValueError(f"sinkhorn: unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
     if impl == "auto":
-        impl = "triton" if scores.is_cuda and _triton_available() else "torch"
+        impl = "triton" if scores.is_cuda and triton_available() else "torch"
     if impl == "triton":
         from selfsup.kernels.sinkhorn_triton import sinkhorn_triton
 
