@@ -53,12 +53,22 @@ def dali_installed() -> bool:
     return importlib.util.find_spec("nvidia.dali") is not None
 
 
-def resolve_engine(engine: str, device: torch.device) -> str:
-    """The engine ``auto`` stands for on ``device``: dali on CUDA when installed, else cpu."""
+def resolve_engine(engine: str, device: torch.device, stored_masks: bool = False) -> str:
+    """The engine ``auto`` stands for on ``device``: dali on CUDA when installed, else cpu.
+
+    ``stored_masks``: views mask with the source's precomputed saliency masks, which only
+    the cpu engine cuts; ``auto`` then means cpu, and an explicit dali is refused.
+    """
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if stored_masks and engine == "dali":
+        raise ConfigError(
+            "the dali engine cannot cut the source's precomputed saliency masks; "
+            "use engine 'cpu' (or 'auto'), or views without mask_p"
+        )
     if engine == "auto":
-        return "dali" if device.type == "cuda" and dali_installed() else "cpu"
+        dali = device.type == "cuda" and not stored_masks and dali_installed()
+        return "dali" if dali else "cpu"
     return engine
 
 
@@ -139,15 +149,8 @@ class Loader:
         self.device_augment = (
             self.device.type == "cuda" if augment_on_device is None else augment_on_device
         )
-        self.engine_name = resolve_engine(engine, self.device)
-        if self.engine_name == "dali" and source_has_masks(source):
-            if any(v.mask_p > 0 for v in views):
-                if engine == "dali":
-                    raise ConfigError(
-                        "the dali engine cannot cut the source's precomputed saliency masks; "
-                        "use engine 'cpu' (or 'auto'), or views without mask_p"
-                    )
-                self.engine_name = "cpu"  # auto: the cpu engine handles stored masks
+        stored_masks = source_has_masks(source) and any(v.mask_p > 0 for v in views)
+        self.engine_name = resolve_engine(engine, self.device, stored_masks)
         if self.engine_name == "dali":
             from selfsup.pipeline.engines.dali import DaliEngine
 
