@@ -92,10 +92,10 @@ def _chunks(n: int, threads: int) -> list[np.ndarray]:
 class _Rows:
     """One sample's parameter rows ``[views, NPARAM]`` and the image size they were drawn for."""
 
-    __slots__ = ("rows", "shape_full", "reduced")
+    __slots__ = ("rows", "shape_full")
 
     def __init__(self, rows: np.ndarray, shape_full: tuple[int, int]) -> None:
-        self.rows, self.shape_full, self.reduced = rows, shape_full, False
+        self.rows, self.shape_full = rows, shape_full
 
     def __getitem__(self, v: int) -> np.ndarray:
         return self.rows[v]
@@ -107,6 +107,8 @@ def _reduction_of(full: tuple[int, int], shape: tuple[int, ...]) -> int:
     A 1/r decode has ``ceil(side / r)`` pixels, the last one covering a partial block, so
     full-resolution coordinates map by exactly 1/r (not by the ratio of the sides).
     """
+    if tuple(shape[:2]) == tuple(full):
+        return 1  # a full decode (also what a 1x1 image is at every scale)
     for r in (8, 4, 2):
         if (-(-full[0] // r), -(-full[1] // r)) == tuple(shape[:2]):
             return r
@@ -237,7 +239,7 @@ class CpuEngine:
         for pos in positions:
             index = int(indices[pos])
             img, rows, labels[pos], used[pos] = self._decode(index, epoch)
-            r = _reduction_of(rows.shape_full, img.shape) if rows.reduced else 1
+            r = _reduction_of(rows.shape_full, img.shape)
             whole_mask = self.source.read_mask(int(used[pos])) if self.source_masks else None
             for v, (gi, slot, spec) in enumerate(self.plan):
                 row = rows[v]
@@ -288,7 +290,7 @@ class CpuEngine:
 
         Returns (image, parameter rows, label, index used). When the header gives the size,
         the rows are drawn first and the image is decoded only as large as they need; the
-        rows keep full-resolution boxes either way (``_Rows.reduced`` says to rescale).
+        rows keep full-resolution boxes either way (``_reduction_of`` tells the scale).
         """
         i, rng = index, None
         for _ in range(MAX_REPLACEMENT_TRIES):
@@ -300,7 +302,6 @@ class CpuEngine:
                     return img, self._rows(index, epoch, *img.shape[:2]), label, i
                 rows = self._rows(index, epoch, *size)
                 img = decode_image(data, max_reduction=self._max_reduction(rows))
-                rows.reduced = img.shape[:2] != size
                 return img, rows, label, i
             except DecodeError as e:
                 self._report(i, str(e))
