@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selfsup.kernels import triton_available
+from selfsup.kernels import no_autocast, triton_available
 
 IMPLS = ("auto", "reference", "tiled", "triton")
 
@@ -73,6 +73,7 @@ def _normalised(
     return rows, extra
 
 
+@no_autocast
 def info_nce_reference(
     z: torch.Tensor,
     temperature: float,
@@ -138,6 +139,7 @@ class _RowLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
+    @no_autocast
     def forward(ctx, q, k, scale, skip_self, row_block, col_block):
         lse = q.new_empty(len(q))
         for r0, r1 in _tiles(len(q), row_block):
@@ -163,6 +165,7 @@ class _RowLogSumExp(torch.autograd.Function):
         return lse
 
     @staticmethod
+    @no_autocast
     def backward(ctx, grad_lse):
         q, k, lse = ctx.saved_tensors
         dq, dk = torch.zeros_like(q), torch.zeros_like(k)
@@ -189,6 +192,7 @@ class _RelicKL(torch.autograd.Function):
     """
 
     @staticmethod
+    @no_autocast
     def forward(ctx, q, k, tq, tk, scale, row_block, col_block):
         n = len(q)
         lse_p, lse_q, kl = q.new_empty(n), q.new_empty(n), q.new_empty(n)
@@ -215,6 +219,7 @@ class _RelicKL(torch.autograd.Function):
         return kl
 
     @staticmethod
+    @no_autocast
     def backward(ctx, grad_kl):
         q, k, tq, tk, lse_p, lse_q, kl = ctx.saved_tensors
         dq, dk = torch.zeros_like(q), torch.zeros_like(k)
@@ -236,6 +241,7 @@ def _positive_logit_mean(rows: torch.Tensor, v: int, n: int, temperature: float)
     return (views * others).sum(-1).reshape(-1) / ((v - 1) * temperature)
 
 
+@no_autocast
 def relic_term_tiled(
     rows: torch.Tensor,
     extra: torch.Tensor,
@@ -264,6 +270,7 @@ def relic_term_tiled(
     return torch.stack(terms).mean()
 
 
+@no_autocast
 def info_nce_tiled(
     z: torch.Tensor,
     temperature: float,

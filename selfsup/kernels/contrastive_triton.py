@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from selfsup.kernels import no_autocast
 from selfsup.kernels.contrastive import _check, _normalised, relic_term_tiled
 
 
@@ -202,6 +203,7 @@ class _NTXentRows(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), None, None
 
 
+@no_autocast
 def info_nce_triton(
     z: torch.Tensor,
     temperature: float,
