@@ -77,7 +77,7 @@ def test_sinkhorn_under_autocast_is_unchanged(impl):
         pytest.importorskip("triton")
     g = torch.Generator().manual_seed(3)
     scores = torch.nn.functional.normalize(torch.randn(40, 16, generator=g), dim=1)
-    scores = (scores @ torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=1).T)
+    scores = scores @ torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=1).T
     scores = scores.to(DEVICE)
     plain = sinkhorn(scores, 0.05, 3, impl=impl)
     with torch.autocast(scores.device.type, dtype=torch.bfloat16):
