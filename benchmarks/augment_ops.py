@@ -21,9 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from selfsup.pipeline import augment
-from selfsup.pipeline.rng import sample_rng
-from selfsup.pipeline.views import (
+from selfsup.kernels.layout import (
     NPARAM,
     P_BLUR_SIGMA,
     P_BRIGHTNESS,
@@ -34,9 +32,11 @@ from selfsup.pipeline.views import (
     P_ORDER,
     P_SATURATION,
     P_SOLARIZE,
-    ViewSpec,
-    draw_params,
 )
+from selfsup.pipeline import augment
+from selfsup.pipeline.params import draw_params
+from selfsup.pipeline.rng import sample_rng
+from selfsup.pipeline.views import ViewSpec
 
 
 def best_ms(rounds: int, inner: int, fn: Callable[..., object], *args: object) -> float:

@@ -23,7 +23,7 @@ import torch
 
 from selfsup.pipeline.engines.cpu import CpuEngine
 from selfsup.pipeline.engines.dali import DaliEngine
-from selfsup.pipeline.views import recipe
+from selfsup.pipeline.recipes import recipe
 
 
 class MemorySource:

@@ -88,8 +88,9 @@ def _colour_work(impl: str, spec: dict, device: str):
     import numpy as np
 
     from selfsup.pipeline import augment_device
+    from selfsup.pipeline.params import draw_params
     from selfsup.pipeline.rng import sample_rng
-    from selfsup.pipeline.views import ViewSpec, draw_params
+    from selfsup.pipeline.views import ViewSpec
 
     view = ViewSpec(size=spec["s"], blur_p=0.0, solarize_p=0.2)  # SimCLR-like, no blur
     dtype = getattr(torch, spec["dtype"])

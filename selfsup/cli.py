@@ -4,6 +4,7 @@
     selfsup pretrain --resume RUN_DIR
     selfsup pack SRC OUT.beton [--max-res N] [--quality Q] [--workers K]
     selfsup bench loader --data PATH --recipe NAME [--engine cpu|dali|auto] ...
+    selfsup list recipes|methods|models|configs
 
 User errors (bad config, missing data, unknown names) print one line and exit with
 status 2, without a traceback.
@@ -19,7 +20,9 @@ from selfsup.errors import SelfsupError
 
 EPILOG = """\
 overrides: any config key as key.sub=value, e.g. train.epochs=5 optim.lr=0.5 data.path=/data
-built-in configs live in configs/ (default: configs/default.yaml, the built-in demo)"""
+built-in configs ship in the package (selfsup list configs; default: the built-in demo)"""
+
+LISTS = ("recipes", "methods", "models", "configs")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument(
         "--config",
         default="default",
-        help="a YAML recipe path or a name in configs/ (default: %(default)s)",
+        help="a YAML file, or the name of a built-in config (selfsup list configs; "
+        "default: %(default)s)",
     )
     pre.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
@@ -59,7 +63,61 @@ def _parser() -> argparse.ArgumentParser:
 
     add_pack(sub)
     add_bench(sub).set_defaults(func=run_bench)
+
+    lst = sub.add_parser(
+        "list",
+        help="list the registered recipes, methods, models or the built-in configs",
+        description="List what a config can name: view recipes (data.recipe), methods "
+        "(method.name), backbones (model.arch), and the built-in configs (--config NAME).",
+    )
+    lst.add_argument("what", choices=LISTS, help="what to list")
+    lst.set_defaults(func=_list)
     return p
+
+
+def _first_line(doc: str | None) -> str:
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _first_comment(path) -> str:
+    """The first sentence of a YAML file's leading comment block."""
+    words = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        words.append(line.lstrip("# ").strip())
+    text = " ".join(words)
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
+
+
+def _list(args: argparse.Namespace) -> int:
+    """One line per registered name, with what it is."""
+    rows: list[tuple[str, str]] = []
+    if args.what == "recipes":
+        from selfsup.pipeline.recipes import RECIPES, describe
+
+        rows = [(name, describe(name)) for name in sorted(RECIPES)]
+    elif args.what == "methods":
+        from selfsup.trainer.methods import METHODS
+
+        rows = [
+            (name, f"{_first_line(sys.modules[cls.__module__].__doc__)} (recipe: {cls.recipe})")
+            for name, cls in sorted(METHODS.items())
+        ]
+    elif args.what == "models":
+        from selfsup.trainer.models import MODELS
+
+        rows = [(name, _first_line(fn.__doc__)) for name, fn in MODELS.items()]
+    else:
+        from selfsup.config import CONFIG_DIR
+
+        rows = [(p.stem, _first_comment(p)) for p in sorted(CONFIG_DIR.glob("*.yaml"))]
+    width = max(len(name) for name, _ in rows)
+    for name, what in rows:
+        print(f"{name:<{width}}  {what}".rstrip())
+    return 0
 
 
 def _pretrain(args: argparse.Namespace) -> int:

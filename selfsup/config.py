@@ -3,15 +3,16 @@
 A recipe file holds some of the sections below; every key it leaves out keeps the
 dataclass default. Unknown keys, wrong types and impossible values are rejected with a
 one-line :class:`ConfigError` naming the key, the file and what is allowed. The method
-section is typed by the chosen method's own dataclass (``METHODS[name].Config``).
+section is typed by the chosen method's own dataclass (``METHODS[name].Config``); names
+(method, model, recipe) are checked against the public registries, and
+``data.view_overrides`` against ``ViewSpec``'s fields, so that a bad value fails here and
+not minutes later inside an engine thread. This module knows those registries and field
+types only, never a method's or the pipeline's internals.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,19 +20,10 @@ from typing import Any
 import yaml
 
 from selfsup.errors import ConfigError
+from selfsup.fields import bounded, build_dataclass, choice
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def choice(default: Any, *choices: Any) -> Any:
-    """A field that must take one of ``choices``."""
-    return field(default=default, metadata={"choices": choices})
-
-
-def bounded(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
-    """A numeric field that must lie in [lo, hi] (either bound optional)."""
-    return field(default=default, metadata={"min": lo, "max": hi})
+# The built-in configs ship inside the package (so `pip install selfsup` has them).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
@@ -48,10 +40,10 @@ class DataConfig:
     synthetic_seed: int = 0
     synthetic_train_per_class: int = bounded(500, 1)
     synthetic_val_per_class: int = bounded(100, 1)
-    recipe: str = "simclr"
+    recipe: str | None = None  # None: the method's own recipe (e.g. simclr for SimCLR)
     size: int = bounded(224, 8)  # side of the largest view; smaller views scale with it
     eval_size: int = bounded(224, 8)  # side of the centre crop used by k-NN evaluation
-    view_overrides: dict[str, Any] = field(default_factory=dict)  # ViewSpec fields for all views
+    view_overrides: dict[str, Any] = field(default_factory=dict)  # ViewSpec fields, every view
     engine: str = choice("auto", "auto", "cpu", "dali")  # auto: dali on a GPU if installed
     reduced_decode: bool = True  # cpu engine: DCT-scaled JPEG decoding when the crops allow
     threads: int = bounded(0, 0)  # decode/augment threads; 0 = one per core
@@ -100,6 +92,11 @@ class EvalConfig:
     knn_temperature: float = bounded(0.07, 1e-6)
     random_init_baseline: bool = True  # also evaluate the same architecture untrained
     batch_size: int = bounded(256, 1)
+    # the k-NN feature bank (train features): its dtype, and whether it stays on the host and
+    # goes to the device in chunks of knn_bank_chunk rows (ImageNet: 1.28M x 2048 features)
+    knn_bank_dtype: str = choice("float32", "float32", "float16", "bfloat16")
+    knn_bank_on_host: bool = False
+    knn_bank_chunk: int = bounded(65536, 1)
 
 
 @dataclass
@@ -112,105 +109,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run_dir: str = "runs"  # parent directory of run directories
     name: str | None = None  # run directory name; None = <method>-<timestamp>
-
-
-# ---------------------------------------------------------------------------------------
-# dict -> dataclass with validation
-# ---------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
-        return dict(value)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
-            raise ConfigError(f"{where}: {key} must have {len(args)} items, got {value!r}")
-        item_tp = args[0] if args else Any
-        return origin(_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value))
-    if tp is float:
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: {key} has unsupported type {_type_name(tp)}")
-
-
-def build_dataclass(cls: type, data: Any, prefix: str, where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and bad values."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        what = prefix.rstrip(".") or "the file"
-        raise ConfigError(f"{where}: {what} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        allowed = ", ".join(sorted(fields))
-        raise ConfigError(
-            f"{where}: unknown key '{prefix}{unknown[0]}'; allowed keys here: {allowed}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}{name}"
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = build_dataclass(tp, value, f"{key}.", where)
-            continue
-        value = _coerce(value, tp, key, where)
-        meta = fields[name].metadata
-        if "choices" in meta and value not in meta["choices"]:
-            allowed = ", ".join(repr(c) for c in meta["choices"])
-            raise ConfigError(f"{where}: {key} must be one of {allowed}, got {value!r}")
-        lo, hi = meta.get("min"), meta.get("max")
-        if lo is not None and value is not None and value < lo:
-            raise ConfigError(f"{where}: {key} must be >= {lo}, got {value!r}")
-        if hi is not None and value is not None and value > hi:
-            raise ConfigError(f"{where}: {key} must be <= {hi}, got {value!r}")
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -277,7 +175,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def load_config(path: str | Path = "default", overrides: list[str] | None = None) -> Config:
     """Load a YAML recipe, apply overrides, and validate into a :class:`Config`."""
-    from selfsup.trainer.methods import method_config_class
+    from selfsup.trainer.methods import METHODS
 
     cfg_path = resolve_config_path(path)
     data = apply_overrides(read_yaml(cfg_path), list(overrides or []))
@@ -287,16 +185,24 @@ def load_config(path: str | Path = "default", overrides: list[str] | None = None
         raise ConfigError(f"{where}: method must be a mapping, got {method_data!r}")
     method_data = dict(method_data)
     name = method_data.pop("name", "simclr")
-    method_cls = method_config_class(name, where)
+    if not isinstance(name, str) or name not in METHODS:
+        raise ConfigError(
+            f"{where}: unknown method {name!r} in method.name; "
+            f"choose one of {', '.join(sorted(METHODS))}"
+        )
+    method = METHODS[name]
     cfg = build_dataclass(Config, data, "", where)
-    cfg.method = build_dataclass(method_cls, method_data, "method.", where)
+    cfg.method = build_dataclass(method.Config, method_data, "method.", where)
+    if cfg.data.recipe is None:
+        cfg.data.recipe = method.recipe  # the method chooses its views
     _check_names(cfg, where)
+    _check_views(cfg, method, where)
     return cfg
 
 
 def _check_names(cfg: Config, where: str) -> None:
     """Names resolved through registries, checked now rather than minutes into a run."""
-    from selfsup.pipeline.views import RECIPES
+    from selfsup.pipeline.recipes import RECIPES
     from selfsup.trainer.models import MODELS
 
     if cfg.model.arch not in MODELS:
@@ -309,13 +215,27 @@ def _check_names(cfg: Config, where: str) -> None:
             f"{where}: unknown recipe {cfg.data.recipe!r} in data.recipe; "
             f"choose one of {', '.join(sorted(RECIPES))}"
         )
-    from selfsup.trainer.methods import method_class
 
-    views = sum(v.count for v in RECIPES[cfg.data.recipe]())
-    need = getattr(method_class(cfg.method.name, where), "min_views", 1)
-    if views < need:
+
+def _check_views(cfg: Config, method: type, where: str) -> None:
+    """Build the views the run will use: ``data.view_overrides`` is checked field by field
+    against ``ViewSpec`` (and coerced: a YAML list becomes a tuple), then every view against
+    its rules; the method must get as many views per image as it needs."""
+    from selfsup.pipeline.recipes import recipe
+    from selfsup.pipeline.views import override_views
+
+    d = cfg.data
+    try:
+        views = override_views(recipe(d.recipe, d.size), d.view_overrides, "data.view_overrides")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    # Keep the coerced values, so the run directory's config.yaml holds well-formed ones.
+    d.view_overrides = {k: getattr(views[0], k) for k in d.view_overrides}
+    count = sum(v.count for v in views)
+    need = getattr(method, "min_views", 1)
+    if count < need:
         raise ConfigError(
-            f"{where}: data.recipe {cfg.data.recipe!r} makes {views} view(s) per image but "
+            f"{where}: data.recipe {d.recipe!r} makes {count} view(s) per image but "
             f"method {cfg.method.name!r} needs at least {need}; choose another recipe"
         )
 

@@ -8,17 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.pipeline.augment import (
-    augment_batch,
-    augment_cpu,
-    augment_reference,
-    crop_resize,
-    crop_resize_mask,
-    warmup,
-)
-from selfsup.pipeline.rng import sample_rng
-from selfsup.pipeline.saliency import saliency_mask
-from selfsup.pipeline.views import (
+from selfsup.kernels.layout import (
     GRAY_WEIGHTS,
     NPARAM,
     P_BLUR_SIGMA,
@@ -35,9 +25,14 @@ from selfsup.pipeline.views import (
     P_SATURATION,
     P_SOLARIZE,
     P_W,
-    ViewSpec,
-    draw_params,
 )
+from selfsup.pipeline.augment import augment_cpu, crop_resize, crop_resize_mask, warmup
+from selfsup.pipeline.augment_device import augment_batch
+from selfsup.pipeline.augment_reference import augment_reference
+from selfsup.pipeline.params import draw_params
+from selfsup.pipeline.rng import sample_rng
+from selfsup.pipeline.saliency import saliency_mask
+from selfsup.pipeline.views import ViewSpec
 
 TOL = 1e-4  # in [0, 1] pixel units
 ALL_ON = {"jitter_p": 1.0, "grayscale_p": 1.0, "blur_p": 1.0, "solarize_p": 1.0}
@@ -511,8 +506,8 @@ def test_masked_batch_path_does_not_sync_the_host() -> None:
 @pytest.mark.parametrize("solarize", [0.0, 1.0])
 def test_table_path_equals_the_kernel_chain_bit_for_bit(solarize):
     """Rows with no colour op take a lookup-table shortcut; it must change no bit."""
+    from selfsup.kernels.layout import NPARAM, P_SOLARIZE
     from selfsup.pipeline import augment as aug
-    from selfsup.pipeline.views import NPARAM, P_SOLARIZE
 
     spec = ViewSpec(size=24, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
     crop = np.random.default_rng(5).integers(0, 256, (24, 24, 3), dtype=np.uint8)

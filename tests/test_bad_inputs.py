@@ -277,7 +277,7 @@ def run_with_timeout(fn, timeout: float = 60.0):
 
 def make_engine(source, max_bad_fraction):
     from selfsup.pipeline.engines.cpu import CpuEngine
-    from selfsup.pipeline.views import recipe
+    from selfsup.pipeline.recipes import recipe
 
     return CpuEngine(
         source, recipe("simclr", 16), seed=3, threads=2, max_bad_fraction=max_bad_fraction

@@ -15,8 +15,10 @@ from selfsup.bench import main as bench_main
 from selfsup.bench.photos import encode, ensure_photos, photo_rng, render
 from selfsup.bench.reference import ReferenceDataset, apply_view, to_loader_layout
 from selfsup.pipeline import ImageFolderSource, Loader
+from selfsup.pipeline.params import draw_params
+from selfsup.pipeline.recipes import RECIPES, recipe
 from selfsup.pipeline.rng import sample_rng
-from selfsup.pipeline.views import RECIPES, ViewSpec, draw_params, expand, recipe
+from selfsup.pipeline.views import ViewSpec, expand
 
 TINY = ["--batch-size", "2", "--batches", "2", "--warmup", "1", "--workers", "1",
         "--size", "24", "--repeats", "1", "--no-progress"]  # fmt: skip

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.pipeline.views import NPARAM, P_SOLARIZE, ViewSpec, draw_params
+from selfsup.kernels.layout import NPARAM, P_SOLARIZE
+from selfsup.pipeline.params import draw_params
+from selfsup.pipeline.views import ViewSpec
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 interp = pytest.mark.skipif(
@@ -82,7 +84,8 @@ def _assert_close(out, ref, skip=None):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("out_dtype", DTYPES, ids=str)
 def test_fused_matches_torch(out_dtype, channels_last):
-    from selfsup.kernels.color import color_jitter_fused, color_jitter_torch
+    from selfsup.kernels.color import color_jitter_torch
+    from selfsup.kernels.color_triton import color_jitter_fused
 
     spec = _spec()
     seed = DTYPES.index(out_dtype) * 2 + channels_last
@@ -102,7 +105,8 @@ def test_fused_matches_torch(out_dtype, channels_last):
 @interp
 def test_every_op_order_and_flag_combination_seen():
     # Many samples, all on, every order: the contrast mean before/after each other op.
-    from selfsup.kernels.color import color_jitter_fused, color_jitter_torch
+    from selfsup.kernels.color import color_jitter_torch
+    from selfsup.kernels.color_triton import color_jitter_fused
 
     spec = _spec(jitter_p=1.0)
     x, params = _batch(spec, 24, seed=11)
@@ -114,7 +118,8 @@ def test_every_op_order_and_flag_combination_seen():
 
 @interp
 def test_odd_sizes_and_strided_input():
-    from selfsup.kernels.color import color_jitter_fused, color_jitter_torch
+    from selfsup.kernels.color import color_jitter_torch
+    from selfsup.kernels.color_triton import color_jitter_fused
 
     spec = _spec(size=13)
     x, params = _batch(spec, 5, seed=3)
@@ -128,7 +133,8 @@ def test_odd_sizes_and_strided_input():
 
 @interp
 def test_masks_blend_before_the_chain():
-    from selfsup.kernels.color import color_jitter_fused, color_jitter_torch
+    from selfsup.kernels.color import color_jitter_torch
+    from selfsup.kernels.color_triton import color_jitter_fused
 
     spec = _spec(mask_p=0.5, mask_fill="random")
     x, params = _batch(spec, 6, seed=5)
@@ -145,45 +151,51 @@ def test_masks_blend_before_the_chain():
 def test_augment_batch_uses_fused_path(monkeypatch, blur_p, out_dtype):
     # The CUDA dispatch in augment_batch, forced on for CPU tensors under the interpreter:
     # blur_p 0 runs the one fused pass, blur_p > 0 the head kernel -> torch blur -> tail.
-    import selfsup.kernels.color as color
+    import selfsup.kernels.color_triton as fused
     from selfsup.pipeline import augment_device
 
     spec = _spec(blur_p=blur_p, mask_p=0.5)
     x, params = _batch(spec, 6, seed=7, channels_last=True)
-    ref = augment_device.augment_batch(x, params, spec, out_dtype, True)
+    ref = augment_device.augment_batch(x, params, spec, out_dtype, True, fused=False)
     calls = []
-    real = color.augment_batch_fused
+    for name in ("color_jitter_fused", "color_head_fused", "color_tail_fused"):
+        real = getattr(fused, name)
 
-    def spy(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
+        def spy(*a, _real=real, _name=name, **k):
+            calls.append(_name)
+            return _real(*a, **k)
 
+        monkeypatch.setattr(fused, name, spy)
     monkeypatch.setattr(augment_device, "_use_fused", lambda t: True)
-    monkeypatch.setattr(color, "augment_batch_fused", spy)
     out = augment_device.augment_batch(x, params, spec, out_dtype, True)
-    assert calls, "augment_batch did not take the fused path"
+    want = ["color_jitter_fused"] if blur_p == 0 else ["color_head_fused", "color_tail_fused"]
+    assert calls == want, "augment_batch did not take the fused path"
     assert out.dtype == out_dtype and out.is_contiguous(memory_format=torch.channels_last)
     _assert_close(out, ref, _near_solarize_threshold(x, params) if blur_p == 0 else None)
 
 
 @interp
 def test_head_and_tail_match_torch():
-    from selfsup.kernels import color
+    from selfsup.kernels import color, color_triton
 
     spec = _spec()
     x, params = _batch(spec, 6, seed=9)
-    head = color.color_head_fused(x, params)
+    head = color_triton.color_head_fused(x, params)
     head_ref = color.color_head_torch(x, params)
     assert head.dtype == torch.float32
     assert (head - head_ref).abs().max().item() < 1e-4
-    out = color.color_tail_fused(head_ref, params, MEAN, STD, torch.float16, True)
+    out = color_triton.color_tail_fused(head_ref, params, MEAN, STD, torch.float16, True)
     ref = color.color_tail_torch(head_ref, params, MEAN, STD, torch.float16, True)
     _assert_close(out, ref)
+    # the tail also takes uint8 views directly (no colour stage at all)
+    out = color_triton.color_tail_fused(x, params, MEAN, STD, torch.float32, False)
+    ref = color.color_tail_torch(x, params, MEAN, STD, torch.float32, False)
+    assert (out - ref).abs().max().item() < 1e-5
 
 
 @interp
 def test_bad_inputs_raise():
-    from selfsup.kernels.color import color_jitter_fused
+    from selfsup.kernels.color_triton import color_jitter_fused
 
     x = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     with pytest.raises(ValueError, match="uint8"):
@@ -201,7 +213,8 @@ def test_fused_matches_torch_cuda_full_size(out_dtype, channels_last):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     pytest.importorskip("triton")
-    from selfsup.kernels.color import color_jitter_fused, color_jitter_torch
+    from selfsup.kernels.color import color_jitter_torch
+    from selfsup.kernels.color_triton import color_jitter_fused
 
     spec = _spec(size=224)
     x, params = _batch(spec, 64, seed=1, channels_last=channels_last)

@@ -49,7 +49,10 @@ def test_int_widens_to_float_but_not_the_reverse(tmp_path):
         ("optim: {name: adam}\n", r"optim\.name must be one of 'lars', 'sgd', 'adamw'"),
         ("train: {batch_size: 0}\n", r"train\.batch_size must be >= 1"),
         ("model: {small_input: 3}\n", r"model\.small_input must be true or false"),
-        ("method: {name: nosuch}\n", r"unknown method 'nosuch'; choose one of .*simclr"),
+        (
+            "method: {name: nosuch}\n",
+            r"unknown method 'nosuch' in method\.name; choose one of .*simclr",
+        ),
         ("method: {temperature: 0}\n", r"method\.temperature must be >= 0.0001"),
         ("method: {tau: 0.1}\n", r"unknown key 'method\.tau'"),
         ("train: [1, 2]\n", r"train must be a mapping"),
@@ -103,3 +106,153 @@ def test_simclr_trains_on_a_multi_crop_recipe():
     loss = method(views)
     loss.backward()
     assert torch.isfinite(loss) and backbone.conv1.weight.grad is not None
+
+
+# --- the method chooses its views ----------------------------------------------------------
+
+
+@pytest.fixture
+def byol_method(monkeypatch):
+    """A method registered with another recipe than SimCLR's."""
+    from selfsup.trainer.methods import METHODS
+    from selfsup.trainer.methods.simclr import SimCLR
+
+    class ByolViews(SimCLR):
+        recipe = "byol"
+
+        class Config(SimCLR.Config):
+            pass
+
+    ByolViews.Config.name = "byolviews"
+    monkeypatch.setitem(METHODS, "byolviews", ByolViews)
+    return ByolViews
+
+
+def test_data_recipe_defaults_to_the_methods_recipe(tmp_path, byol_method):
+    cfg = load_config(write(tmp_path, "method: {name: byolviews}\n"))
+    assert cfg.data.recipe == "byol"
+    assert load_config(write(tmp_path, "method: {name: simclr}\n")).data.recipe == "simclr"
+    # the built-in demo follows its method too (it names no recipe)
+    assert load_config("default", ["method.name=byolviews"]).data.recipe == "byol"
+    # an explicit recipe still wins, and the resolved one is what config.yaml records
+    cfg = load_config(write(tmp_path, "method: {name: byolviews}\ndata: {recipe: swav}\n"))
+    assert cfg.data.recipe == "swav"
+    assert config_to_dict(cfg)["data"]["recipe"] == "swav"
+
+
+def test_pretrain_builds_its_loader_with_the_methods_recipe(
+    tiny_overrides, byol_method, monkeypatch
+):
+    import selfsup.trainer.loop as loop
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_loader(source, recipe, *a, **k):
+        seen["recipe"] = recipe
+        raise Stop
+
+    monkeypatch.setattr(loop, "Loader", fake_loader)
+    cfg = load_config("default", [*tiny_overrides, "method.name=byolviews"])
+    with pytest.raises(Stop):
+        loop.pretrain(cfg, progress=False)
+    assert seen["recipe"] == "byol"
+
+
+# --- view overrides reach the engines well-formed -------------------------------------------
+
+# Every ViewSpec field, as YAML writes it, and the value the views must hold.
+VIEW_FIELDS = {
+    "size": ("24", 24),
+    "count": ("3", 3),
+    "crop": ("center", "center"),
+    "scale": ("[0.2, 0.9]", (0.2, 0.9)),
+    "ratio": ("[1, 2]", (1.0, 2.0)),
+    "center_fraction": ("1", 1.0),
+    "interpolation": ("bilinear", "bilinear"),
+    "flip_p": ("1", 1.0),
+    "jitter_p": ("1", 1.0),
+    "brightness": ("0.3", 0.3),
+    "contrast": ("0.3", 0.3),
+    "saturation": ("0.3", 0.3),
+    "hue": ("0.1", 0.1),
+    "grayscale_p": ("1", 1.0),
+    "blur_p": ("1", 1.0),
+    "blur_sigma": ("[1, 2]", (1.0, 2.0)),
+    "blur_kernel": ("sigma", "sigma"),
+    "solarize_p": ("1", 1.0),
+    "mask_p": ("1", 1.0),
+    "mask_fill": ("random", "random"),
+    "mean": ("[0.5, 0.5, 0.5]", (0.5, 0.5, 0.5)),
+    "std": ("[0.25, 0.25, 0.25]", (0.25, 0.25, 0.25)),
+    "antialias": ("true", True),
+}
+
+
+def test_the_table_covers_every_viewspec_field():
+    from selfsup.pipeline.views import view_fields
+
+    assert set(VIEW_FIELDS) == set(view_fields())
+
+
+@pytest.mark.parametrize("device_chain", [False, True], ids=["fused-cpu", "batched"])
+@pytest.mark.parametrize("name", sorted(VIEW_FIELDS))
+def test_every_view_field_through_yaml_reaches_the_engine(tmp_path, name, device_chain):
+    import numpy as np
+    import torch
+
+    from selfsup.pipeline import ArraySource, Loader
+
+    text, want = VIEW_FIELDS[name]
+    cfg = load_config(write(tmp_path, f"data:\n  size: 16\n  view_overrides: {{{name}: {text}}}\n"))
+    got = cfg.data.view_overrides[name]
+    assert got == want and type(got) is type(want)
+    images = np.random.default_rng(0).integers(0, 256, (8, 40, 48, 3), dtype=np.uint8)
+    loader = Loader(
+        ArraySource(images, np.zeros(8, dtype=np.int64)), cfg.data.recipe, 4, "cpu", 0,
+        size=cfg.data.size, view_overrides=cfg.data.view_overrides, threads=2, prefetch=0,
+        augment_on_device=device_chain,
+    )  # fmt: skip
+    try:
+        batch = next(iter(loader))
+    finally:
+        loader.close()
+    size = 24 if name == "size" else 16
+    views = 3 if name == "count" else 2
+    assert [tuple(v.shape) for v in batch.views] == [(views, 4, 3, size, size)]
+    assert all(torch.isfinite(v).all() for v in batch.views)
+    # and the run directory's config.yaml holds the coerced value
+    dump_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml").data.view_overrides[name] == want
+
+
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("{mean: [0.5, 0.5]}", r"data\.view_overrides: view spec: mean must have 3 items"),
+        ("{mean: grey}", r"data\.view_overrides: view spec: mean must be a list"),
+        ("{std: [1, 0, 1]}", r"std must be positive"),
+        ("{size: 2.5}", r"view spec: size must be an integer, got 2\.5"),
+        ("{crop: diagonal}", r"crop must be one of"),
+        ("{mask_p: 2}", r"mask_p must be a probability in \[0, 1\], got 2"),
+        ("{blur_sigma: [2, 1]}", r"blur_sigma must satisfy 0 < min <= max"),
+        ("{colour_p: 0.5}", r"unknown view field 'colour_p'; allowed: size, count"),
+        ("{antialias: maybe}", r"antialias must be true or false"),
+        ("[blur_p, 0]", r"data\.view_overrides must be a mapping"),
+    ],
+)
+def test_bad_view_overrides_are_one_line_config_errors(tmp_path, text, pattern):
+    path = write(tmp_path, f"data:\n  view_overrides: {text}\n")
+    with pytest.raises(ConfigError, match=pattern) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_bad_view_override_on_the_command_line_is_one_line(capsys):
+    from selfsup.cli import main
+
+    assert main(["pretrain", "data.view_overrides.mean=[1, 2]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "view spec: mean must have 3 items" in err[0]

@@ -18,10 +18,11 @@ import simplejpeg
 import torch
 
 from selfsup.errors import ConfigError, DataError
+from selfsup.kernels.layout import P_FLIP
 from selfsup.pipeline.decode import jpeg_orientation
 from selfsup.pipeline.engines.cpu import CpuEngine
 from selfsup.pipeline.engines.dali import DaliEngine, dali_jpeg_size
-from selfsup.pipeline.views import P_FLIP, ViewSpec
+from selfsup.pipeline.views import ViewSpec
 
 # Views without colour ops; the engines only crop, resize and flip anyway.
 PLAIN = dict(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)

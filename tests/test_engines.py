@@ -73,9 +73,10 @@ def test_reduced_decode_is_used_and_close_to_the_full_decode(tmp_path, monkeypat
 
 def test_reduction_never_shrinks_a_crop_below_its_view(tmp_path):
 
+    from selfsup.kernels.layout import P_H, P_W
     from selfsup.pipeline import ImageFolderSource
     from selfsup.pipeline.engines.cpu import CpuEngine
-    from selfsup.pipeline.views import P_H, P_W, ViewSpec
+    from selfsup.pipeline.views import ViewSpec
 
     source = ImageFolderSource(_photo_folder(tmp_path, n=2))
     engine = CpuEngine(source, [ViewSpec(size=24, count=4)], seed=0, threads=1)

@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 
 from selfsup.errors import ConfigError
-from selfsup.pipeline.rng import sample_rng
-from selfsup.pipeline.views import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+from selfsup.kernels.layout import (
     NPARAM,
     P_BLUR_SIGMA,
     P_FILL,
@@ -18,14 +15,11 @@ from selfsup.pipeline.views import (
     P_JITTER,
     P_MASK,
     P_SOLARIZE,
-    RECIPES,
-    SWAV_STD,
-    ViewSpec,
-    draw_params,
-    expand,
-    group_by_size,
-    recipe,
 )
+from selfsup.pipeline.params import draw_params
+from selfsup.pipeline.recipes import RECIPES, SWAV_STD, recipe
+from selfsup.pipeline.rng import sample_rng
+from selfsup.pipeline.views import IMAGENET_MEAN, IMAGENET_STD, ViewSpec, expand, group_by_size
 
 BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
 SIMCLR_JITTER = (0.8, 0.8, 0.8, 0.2)
@@ -143,7 +137,7 @@ def test_recipe_errors_name_the_problem() -> None:
     with pytest.raises(ConfigError, match="mask_fill"):
         ViewSpec(size=8, mask_fill="plaid")
     with pytest.raises(ConfigError, match="mask_p"):
-        recipe("relicv2", mask_p=1.5)
+        recipe("relicv2", None, {"mask_p": 1.5})
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,7 +202,7 @@ def test_jitter_orders_and_crop_positions_are_uniform() -> None:
     """All 24 jitter orders come up about equally often; crop corners cover their range."""
     from itertools import permutations
 
-    from selfsup.pipeline.views import P_ORDER, P_X0, P_Y0
+    from selfsup.kernels.layout import P_ORDER, P_X0, P_Y0
 
     rows = draw_rows(ViewSpec(size=16, scale=(0.2, 0.2), ratio=(1.0, 1.0)), n=4800)
     orders = [tuple(int(v) for v in r[P_ORDER : P_ORDER + 4]) for r in rows]

@@ -193,7 +193,7 @@ def test_tar_read_fails_with_oserror_when_shard_shrinks(shards):
 
 def test_tar_through_the_engine(shards):
     from selfsup.pipeline.engines.cpu import CpuEngine
-    from selfsup.pipeline.views import recipe
+    from selfsup.pipeline.recipes import recipe
 
     root, _ = shards
     src = TarShardSource(str(root / "train-*.tar"))

@@ -44,7 +44,7 @@ that happens to be called synthetic-photos, write ./synthetic-photos."""
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``bench`` command (with its ``loader`` sub-command) to ``subparsers``."""
     from selfsup.bench.loader import SYNTHETIC_PHOTOS
-    from selfsup.pipeline.views import RECIPES
+    from selfsup.pipeline.recipes import RECIPES
 
     bench = subparsers.add_parser(
         "bench",

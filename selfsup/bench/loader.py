@@ -27,9 +27,9 @@ import torch
 from tqdm import tqdm
 
 from selfsup.errors import ConfigError, DataError
+from selfsup.pipeline.recipes import recipe as make_recipe
 from selfsup.pipeline.sources.folder import ImageFolderSource
 from selfsup.pipeline.views import ViewSpec, group_by_size
-from selfsup.pipeline.views import recipe as make_recipe
 
 SYNTHETIC_PHOTOS = "synthetic-photos"
 # Crop + flip only: every colour / blur / solarize / mask op off, on both sides.
@@ -105,7 +105,7 @@ def resolve_data(data: str, photos: int, seed: int = 0, progress: bool = True) -
 
 
 def bench_views(name: str, size: int | None, crop_flip_only: bool) -> list[ViewSpec]:
-    from selfsup.pipeline.views import RECIPES
+    from selfsup.pipeline.recipes import RECIPES
 
     if name not in RECIPES:  # read at run time: recipes are added by name to this dict
         raise ConfigError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")

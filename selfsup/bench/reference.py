@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from selfsup.pipeline.rng import sample_rng
-from selfsup.pipeline.views import (
+from selfsup.kernels.layout import (
     BRIGHTNESS,
     CONTRAST,
     P_BLUR_SIGMA,
@@ -45,11 +44,10 @@ from selfsup.pipeline.views import (
     P_X0,
     P_Y0,
     SATURATION,
-    ViewSpec,
-    draw_params,
-    expand,
-    group_by_size,
 )
+from selfsup.pipeline.params import draw_params
+from selfsup.pipeline.rng import sample_rng
+from selfsup.pipeline.views import ViewSpec, expand, group_by_size
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 

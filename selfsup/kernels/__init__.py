@@ -45,3 +45,32 @@ def no_autocast(fn):
             return fn(*args, **kwargs)
 
     return wrapped
+
+
+def launch_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The context every Triton launch runs in: the CUDA device of its tensors.
+
+    Triton launches on the *current* device's stream; a batch on ``cuda:1`` while ``cuda:0``
+    is current would otherwise run on the wrong device (an illegal address or a silent copy).
+    CPU tensors (the interpreter) need nothing.
+    """
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``).
+
+    ``triton.knobs`` (Triton 3.4 and newer) holds the setting as Triton read it; older
+    releases read the environment variable, so that is the answer there.
+    """
+    import os
+
+    import triton
+
+    knobs = getattr(triton, "knobs", None)
+    runtime = getattr(knobs, "runtime", None)
+    if runtime is not None and hasattr(runtime, "interpret"):
+        return bool(runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from selfsup.kernels import no_autocast
+from selfsup.kernels import launch_guard, no_autocast, triton_interpreting
 from selfsup.kernels.contrastive import _check, _normalised, relic_term_tiled
 
 
@@ -141,7 +141,7 @@ def _bwd_dk(
 def _upcast(dtype: torch.dtype) -> bool:
     """Under TRITON_INTERPRET=1 (triton 3.9) a bf16 ``tl.dot`` returns garbage (numpy has no
     bf16), so the interpreter upcasts bf16 tiles to fp32 right after loading them."""
-    return dtype == torch.bfloat16 and bool(triton.knobs.runtime.interpret)
+    return dtype == torch.bfloat16 and triton_interpreting()
 
 
 MAX_D = 256  # each program holds whole [BLOCK, D] row tiles; larger D goes to the tiled path
@@ -151,7 +151,7 @@ def _precision() -> str:
     """fp32 dots: "tf32x3" (three TF32 tensor-core passes, about fp32 accuracy) on the GPU;
     compiled "ieee" fp32 dots run on CUDA cores and spill (seen in sm_90 builds). The
     interpreter computes in numpy and takes "ieee"."""
-    return "ieee" if triton.knobs.runtime.interpret else "tf32x3"
+    return "ieee" if triton_interpreting() else "tf32x3"
 
 
 def _blocks(d: int, dtype: torch.dtype) -> tuple[int, int, int]:
@@ -175,11 +175,12 @@ class _NTXentRows(torch.autograd.Function):
         loss = torch.empty_like(lse)
         block_m, block_n, block_d = _blocks(d, q.dtype)
         scale, inv_pos = 1.0 / temperature, num_samples / (r - num_samples)
-        _fwd[(triton.cdiv(r, block_m),)](
-            q, k, lse, loss, r, c, d, num_samples, scale, inv_pos, q.stride(0), k.stride(0),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=_upcast(q.dtype),
-            PREC=_precision(),
-        )  # fmt: skip
+        with launch_guard(q):
+            _fwd[(triton.cdiv(r, block_m),)](
+                q, k, lse, loss, r, c, d, num_samples, scale, inv_pos, q.stride(0), k.stride(0),
+                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=_upcast(q.dtype),
+                PREC=_precision(),
+            )  # fmt: skip
         ctx.save_for_backward(q, k, lse)
         ctx.meta = (num_samples, scale, inv_pos)
         return loss
@@ -198,8 +199,9 @@ class _NTXentRows(torch.autograd.Function):
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=_upcast(q.dtype),
             PREC=_precision(),
         )  # fmt: skip
-        _bwd_dq[(triton.cdiv(r, block_m),)](q, k, lse, g, dq, *args, **blocks)
-        _bwd_dk[(triton.cdiv(c, block_n),)](q, k, lse, g, dk, *args, **blocks)
+        with launch_guard(q):
+            _bwd_dq[(triton.cdiv(r, block_m),)](q, k, lse, g, dq, *args, **blocks)
+            _bwd_dk[(triton.cdiv(c, block_n),)](q, k, lse, g, dk, *args, **blocks)
         return dq.to(q.dtype), dk.to(k.dtype), None, None
 
 

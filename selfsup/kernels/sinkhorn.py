@@ -38,31 +38,17 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 
-from selfsup.kernels import triton_available
+from selfsup.distributed import all_reduce_, world_size
+from selfsup.kernels import no_autocast, triton_available
 
 IMPLS = ("auto", "torch", "triton", "reference")
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    return dist.get_world_size() if _distributed() else 1
-
-
-def _all_reduce(t: torch.Tensor, op: dist.ReduceOp.RedOpType) -> torch.Tensor:
-    if _distributed():
-        dist.all_reduce(t, op=op)
-    return t
-
-
 def global_logsumexp_over_samples(x: torch.Tensor) -> torch.Tensor:
     """log sum_n exp(x[n, k]) over the samples of every rank, for each prototype k."""
-    m = _all_reduce(x.amax(0), dist.ReduceOp.MAX)
-    s = _all_reduce(torch.exp(x - m).sum(0), dist.ReduceOp.SUM)
+    m = all_reduce_(x.amax(0), "max")
+    s = all_reduce_(torch.exp(x - m).sum(0))
     return m + torch.log(s)
 
 
@@ -84,6 +70,7 @@ def _check(scores: torch.Tensor, epsilon: float, iterations: int, queue: torch.T
         raise ValueError(f"sinkhorn: iterations must be >= 0, got {iterations}")
 
 
+@no_autocast
 def sinkhorn_reference(
     scores: torch.Tensor,
     epsilon: float = 0.05,
@@ -121,14 +108,15 @@ def _lse_inplace(w: torch.Tensor, scratch: torch.Tensor, dim: int, distributed: 
     """log-sum-exp of ``w`` along ``dim`` (all-reduced if asked), using ``scratch`` for exp."""
     m = w.amax(dim, keepdim=True)
     if distributed:
-        _all_reduce(m, dist.ReduceOp.MAX)
+        all_reduce_(m, "max")
     torch.sub(w, m, out=scratch).exp_()
     s = scratch.sum(dim, keepdim=True)
     if distributed:
-        _all_reduce(s, dist.ReduceOp.SUM)
+        all_reduce_(s)
     return s.log_().add_(m)
 
 
+@no_autocast
 def sinkhorn_torch(
     scores: torch.Tensor,
     epsilon: float = 0.05,
@@ -160,7 +148,7 @@ def sinkhorn_torch(
         # Now the total is 1 and every row and column sum is >= 1/(N K): SwAV's linear
         # scalings are safe. Each division by K (or N) is folded into the scaling vector.
         for i in range(1, iterations):
-            rows = _all_reduce(q.sum(0, keepdim=True), dist.ReduceOp.SUM)
+            rows = all_reduce_(q.sum(0, keepdim=True))
             q.mul_(rows.mul_(k).reciprocal_())
             cols = q.sum(1, keepdim=True)
             # The last column step also applies the final Q *= N (its 1/N cancels).

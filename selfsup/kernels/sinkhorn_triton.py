@@ -22,13 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from selfsup.kernels.sinkhorn import (
-    _all_reduce,
-    _check,
-    compute_dtype,
-    dist,
-    world_size,
-)
+from selfsup.distributed import all_reduce_, world_size
+from selfsup.kernels import launch_guard, no_autocast
+from selfsup.kernels.sinkhorn import _check, compute_dtype
 
 ROW_BLOCK_N, ROW_BLOCK_K, ROW_SPLITS = 32, 128, 16
 COL_BLOCK_N, COL_BLOCK_K = 16, 128
@@ -126,11 +122,12 @@ def _row_lse(s: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         s, v, pmax, psum, n, k, s.stride(0), c,
         BLOCK_N=ROW_BLOCK_N, BLOCK_K=ROW_BLOCK_K, SPLITS=ROW_SPLITS,
     )  # fmt: skip
-    m = _all_reduce(pmax.amax(0), dist.ReduceOp.MAX)
-    total = _all_reduce((psum * torch.exp(pmax - m)).sum(0), dist.ReduceOp.SUM)
+    m = all_reduce_(pmax.amax(0), "max")
+    total = all_reduce_((psum * torch.exp(pmax - m)).sum(0))
     return m + torch.log(total)
 
 
+@no_autocast
 def sinkhorn_triton(
     scores: torch.Tensor,
     epsilon: float = 0.05,
@@ -139,7 +136,7 @@ def sinkhorn_triton(
 ) -> torch.Tensor:
     """``sinkhorn_reference`` with the passes over the scores as Triton kernels."""
     _check(scores, epsilon, iterations, queue)
-    with torch.no_grad():
+    with torch.no_grad(), launch_guard(scores):
         dtype = compute_dtype(scores.dtype)
         s = scores if queue is None else torch.cat([queue.to(scores.dtype), scores])
         s = s.contiguous()

@@ -1,6 +1,7 @@
 """The data pipeline: sources, sampler, decode engines, views and the drop-in `Loader`."""
 
 from selfsup.pipeline.loader import Batch, Loader
+from selfsup.pipeline.recipes import RECIPES, recipe
 from selfsup.pipeline.sampler import ShardedSampler
 from selfsup.pipeline.sources import (
     ArraySource,
@@ -9,7 +10,7 @@ from selfsup.pipeline.sources import (
     Source,
     TarShardSource,
 )
-from selfsup.pipeline.views import RECIPES, ViewSpec, recipe
+from selfsup.pipeline.views import ViewSpec
 
 __all__ = [
     "RECIPES",

@@ -1,16 +1,16 @@
 """Per-sample augmentation: crop+resize, colour jitter, grayscale, blur, solarize, normalise.
 
-Three implementations of one chain, all driven by a parameter row from ``views.draw_params``:
+Three implementations of one chain, all driven by a parameter row from ``params.draw_params``:
 
 - :func:`augment_cpu`: the CPU engine's path, one sample at a time inside its worker threads.
   The colour chain is one numba kernel fused over planar chunks (uint8 HWC in, float32 CHW
   working buffer out), the blur is OpenCV's separable filter on each plane, and a second
   numba kernel solarizes and normalises into the output. Both numba kernels and OpenCV
   release the GIL, so the engine's threads scale over cores.
-- :func:`augment_batch` (in ``augment_device.py``): the device path, batched torch ops
-  over ``[B, 3, S, S]`` uint8 with per-sample flags, factors and jitter order, without a
-  host sync.
-- :func:`augment_reference` (in ``augment_reference.py``): plain float64 numpy, op by op,
+- ``augment_device.augment_batch``: the device path, batched over ``[B, 3, S, S]`` uint8
+  with per-sample flags, factors and jitter order, without a host sync (the fused Triton
+  colour kernel on CUDA, its torch reference elsewhere: ``selfsup/kernels/color*.py``).
+- ``augment_reference.augment_reference``: plain float64 numpy, op by op,
   for the tests to compare against.
 
 Semantics follow torchvision on float images in [0, 1]: the four jitter ops run in the
@@ -33,11 +33,10 @@ import threading
 import cv2
 import numba
 import numpy as np
+import torch
 
-from selfsup.pipeline.augment_device import augment_batch  # re-exported
-from selfsup.pipeline.augment_reference import augment_reference  # re-exported
-from selfsup.pipeline.saliency import saliency_mask
-from selfsup.pipeline.views import (
+from selfsup.kernels.blur import gaussian_taps
+from selfsup.kernels.layout import (
     BRIGHTNESS,
     CONTRAST,
     GRAY_WEIGHTS,
@@ -59,21 +58,13 @@ from selfsup.pipeline.views import (
     P_X0,
     P_Y0,
     SATURATION,
-    ViewSpec,
-    blur_radius,
-    gaussian_kernel1d,
 )
+from selfsup.pipeline.saliency import saliency_mask
+from selfsup.pipeline.views import ViewSpec, antialiased, blur_radius
 
-__all__ = [
-    "augment_batch",
-    "augment_cpu",
-    "augment_reference",
-    "crop_resize",
-    "crop_resize_mask",
-    "warmup",
-]
+__all__ = ["augment_cpu", "crop_resize", "crop_resize_mask", "warmup"]
 
-_CV2_INTERP = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
+CV2_INTERP = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 WR, WG, WB = GRAY_WEIGHTS
 
 
@@ -89,14 +80,16 @@ def crop_resize(
 
     Returns ``out`` (a C-contiguous (size, size, 3) uint8 array, allocated if None). OpenCV
     reads the box as a view of ``img``, so the decoded image is never copied, and writes the
-    result straight into ``out``.
+    result straight into ``out``. With ``spec.antialias`` a box that shrinks by more than 1.5x
+    is area-averaged (``views.antialiased``).
     """
     y0, x0, h, w = (int(row[i]) for i in (P_Y0, P_X0, P_H, P_W))
     s = spec.size
     if out is None:
         out = np.empty((s, s, 3), dtype=np.uint8)
     box = img[y0 : y0 + h, x0 : x0 + w]
-    cv2.resize(box, (s, s), dst=out, interpolation=_CV2_INTERP[spec.interpolation])
+    interp = cv2.INTER_AREA if antialiased(spec, h, w) else CV2_INTERP[spec.interpolation]
+    cv2.resize(box, (s, s), dst=out, interpolation=interp)
     if row[P_FLIP]:
         cv2.flip(out, 1, dst=out)  # in place
     return out
@@ -398,7 +391,7 @@ def augment_cpu(
     src = out
     sigma = float(row[P_BLUR_SIGMA])
     if sigma > 0:
-        k = gaussian_kernel1d(sigma, blur_radius(spec, sigma))
+        k = gaussian_taps(sigma, blur_radius(spec, sigma)).to(torch.float32).numpy()
         src = _scratch_buffer(s)
         for c in range(3):  # one plane at a time: the working buffer is planar
             cv2.sepFilter2D(out[c], -1, k, k, dst=src[c], borderType=cv2.BORDER_REFLECT_101)

@@ -1,7 +1,7 @@
 """The readable reference of the per-sample augmentation chain: float64 numpy, op by op.
 
 Written for obviousness, not speed: the tests compare ``augment.augment_cpu`` and
-``augment.augment_batch`` against :func:`augment_reference` on fresh random inputs.
+``augment_device.augment_batch`` against :func:`augment_reference` on fresh random inputs.
 Semantics are described in ``augment.py``.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from selfsup.pipeline.views import (
+from selfsup.kernels.blur import gaussian_taps
+from selfsup.kernels.layout import (
     BRIGHTNESS,
     CONTRAST,
     GRAY_WEIGHTS,
@@ -26,10 +27,8 @@ from selfsup.pipeline.views import (
     P_SATURATION,
     P_SOLARIZE,
     SATURATION,
-    ViewSpec,
-    blur_radius,
-    gaussian_kernel1d,
 )
+from selfsup.pipeline.views import ViewSpec, blur_radius
 
 WR, WG, WB = GRAY_WEIGHTS
 
@@ -128,7 +127,7 @@ def augment_reference(
         x = np.repeat(_gray(x)[..., None], 3, axis=-1)
     sigma = float(row[P_BLUR_SIGMA])
     if sigma > 0:
-        k = gaussian_kernel1d(sigma, blur_radius(spec, sigma)).astype(np.float64)
+        k = gaussian_taps(sigma, blur_radius(spec, sigma)).numpy()
         x = _blur_axis(_blur_axis(x, k, axis=1), k, axis=0)
     if row[P_SOLARIZE]:
         x = np.where(x >= 0.5, 1.0 - x, x)

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
+from selfsup import distributed
 from selfsup.errors import ConfigError, DataError
-from selfsup.pipeline import augment
+from selfsup.pipeline.augment_device import augment_batch
 from selfsup.pipeline.engines.cpu import (
     BadSample,
     CpuEngine,
@@ -31,10 +32,10 @@ from selfsup.pipeline.engines.cpu import (
     HostAugment,
     source_has_masks,
 )
+from selfsup.pipeline.recipes import recipe as make_recipe
 from selfsup.pipeline.sampler import ShardedSampler
 from selfsup.pipeline.sources.base import Source
 from selfsup.pipeline.views import ViewSpec
-from selfsup.pipeline.views import recipe as make_recipe
 
 
 @dataclass
@@ -70,12 +71,6 @@ def resolve_engine(engine: str, device: torch.device, stored_masks: bool = False
         dali = device.type == "cuda" and not stored_masks and dali_installed()
         return "dali" if dali else "cpu"
     return engine
-
-
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class Loader:
@@ -130,12 +125,11 @@ class Loader:
         reduced_decode: bool = True,
     ) -> None:
         if isinstance(recipe, str):
-            views = make_recipe(recipe, size, **(view_overrides or {}))
+            views = make_recipe(recipe, size, view_overrides)
         else:
             views = list(recipe)
-        dist_rank, dist_world = _dist_rank_world()
-        rank = dist_rank if rank is None else rank
-        world_size = dist_world if world_size is None else world_size
+        rank = distributed.rank() if rank is None else rank
+        world_size = distributed.world_size() if world_size is None else world_size
         self.source = source
         self.views = views
         self.device = torch.device(device)
@@ -323,7 +317,7 @@ class Loader:
                 out, slot = [], 0
                 for spec in group.specs:
                     x = u8[slot : slot + spec.count].flatten(0, 1).permute(0, 3, 1, 2)
-                    y = augment.augment_batch(
+                    y = augment_batch(
                         x,
                         p[slot : slot + spec.count].flatten(0, 1),
                         spec,

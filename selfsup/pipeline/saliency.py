@@ -39,7 +39,8 @@ import cv2
 import numpy as np
 import torch
 
-from selfsup.pipeline.views import GRAY_WEIGHTS
+from selfsup.kernels.blur import gaussian_taps, radius_for_sigma
+from selfsup.kernels.layout import GRAY_WEIGHTS
 
 WORK = 64  # working resolution (Hou & Zhang use 64 px)
 SIGMA = 2.5  # Gaussian smoothing of the saliency map, in working pixels (Hou & Zhang's code)
@@ -94,9 +95,8 @@ def box3_circular_matrix(n: int) -> np.ndarray:
 @lru_cache(maxsize=8)
 def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
     """(n, n) normalised Gaussian of radius ceil(3 sigma), reflect-101 borders."""
-    r = max(1, math.ceil(3.0 * sigma))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
+    r = radius_for_sigma(sigma)
+    k = gaussian_taps(sigma, r).numpy()
     m = np.zeros((n, n))
     for i in range(n):
         for d in range(-r, r + 1):
@@ -112,12 +112,6 @@ def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 
-def _gaussian_taps(sigma: float) -> np.ndarray:
-    r = max(1, math.ceil(3.0 * sigma))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    return k / k.sum()
-
-
 def saliency_map(gray: np.ndarray) -> np.ndarray:
     """Spectral-residual saliency of a small float64 gray image, smoothed, in [0, 1]."""
     f = np.fft.fft2(gray)
@@ -128,7 +122,7 @@ def saliency_map(gray: np.ndarray) -> np.ndarray:
     field = np.exp(residual) * (f / (mag + _EPS))
     field[0, 0] = 0.0  # drop the DC term: the image's mean brightness is not salient
     s = np.abs(np.fft.ifft2(field)) ** 2
-    k = _gaussian_taps(SIGMA)
+    k = gaussian_taps(SIGMA, radius_for_sigma(SIGMA)).numpy()
     s = cv2.sepFilter2D(s, -1, k, k, borderType=cv2.BORDER_REFLECT_101)
     lo = s.min()
     return (s - lo) / max(s.max() - lo, _EPS)

@@ -20,8 +20,8 @@ from selfsup.errors import CheckpointError, TrainingError
 from selfsup.pipeline.loader import Loader
 from selfsup.pipeline.sources import open_split
 from selfsup.trainer.checkpoint import load_checkpoint, save_checkpoint
-from selfsup.trainer.evaluate import extract_features, knn_top1
-from selfsup.trainer.methods import build_method, method_class
+from selfsup.trainer.evaluate import BANK_DTYPES, extract_features, knn_top1
+from selfsup.trainer.methods import build_method
 from selfsup.trainer.models import build_model
 from selfsup.trainer.optim import build_optimizer, param_groups, warmup_cosine
 
@@ -114,9 +114,8 @@ def pretrain(
 
     data = cfg.data
     train_source = open_split(data, data.train_split)
-    recipe = data.recipe or method_class(cfg.method.name).recipe
     loader = Loader(
-        train_source, recipe, cfg.train.batch_size, device, cfg.train.seed,
+        train_source, data.recipe, cfg.train.batch_size, device, cfg.train.seed,
         size=data.size, view_overrides=data.view_overrides,
         channels_last=channels_last, threads=data.threads, prefetch=data.prefetch,
         max_bad_fraction=data.max_bad_fraction, engine=data.engine,
@@ -252,17 +251,18 @@ def evaluate_knn(cfg: Config, backbone, device: torch.device) -> dict:
     if ev.random_init_baseline:
         torch.manual_seed(cfg.train.seed)  # the same initial weights the run started from
         nets["knn_top1_random_init"] = build_backbone(cfg).to(device)
+    kw = dict(
+        size=data.eval_size, batch_size=ev.batch_size, device=device, threads=data.threads,
+        reduced_decode=data.reduced_decode, engine=data.engine,
+    )  # fmt: skip
+    bank = dict(dtype=BANK_DTYPES[ev.knn_bank_dtype], on_host=ev.knn_bank_on_host)
     out = {}
     for key, net in nets.items():
-        kw = dict(
-            size=data.eval_size,
-            batch_size=ev.batch_size,
-            device=device,
-            threads=data.threads,
-            reduced_decode=data.reduced_decode,
-        )
-        train_f, train_y = extract_features(net, train_source, **kw)
+        train_f, train_y = extract_features(net, train_source, **kw, **bank)
         val_f, val_y = extract_features(net, val_source, **kw)
-        acc = knn_top1(train_f, train_y, val_f, val_y, k=ev.knn_k, temperature=ev.knn_temperature)
+        acc = knn_top1(
+            train_f, train_y, val_f, val_y, k=ev.knn_k, temperature=ev.knn_temperature,
+            bank_chunk=ev.knn_bank_chunk if ev.knn_bank_on_host else None, device=device,
+        )  # fmt: skip
         out[key] = round(acc, 2)
     return out

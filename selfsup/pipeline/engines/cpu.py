@@ -32,24 +32,15 @@ import numpy as np
 import torch
 
 from selfsup.errors import DataError
+from selfsup.kernels.layout import NPARAM, P_FLIP, P_H, P_MASK, P_W, P_X0, P_Y0
 from selfsup.pipeline import augment, buffers
-from selfsup.pipeline.augment import _CV2_INTERP
+from selfsup.pipeline.augment import CV2_INTERP
 from selfsup.pipeline.decode import DecodeError, decode_image, image_size
+from selfsup.pipeline.params import draw_params
 from selfsup.pipeline.rng import replacement_rng, sample_rng
 from selfsup.pipeline.saliency import saliency_mask
 from selfsup.pipeline.sources.base import Source
-from selfsup.pipeline.views import (
-    NPARAM,
-    P_FLIP,
-    P_H,
-    P_MASK,
-    P_W,
-    P_X0,
-    P_Y0,
-    ViewSpec,
-    draw_params,
-    group_by_size,
-)
+from selfsup.pipeline.views import ViewSpec, antialiased, group_by_size
 
 MAX_REPLACEMENT_TRIES = 16
 
@@ -136,11 +127,20 @@ def _crop_resize_reduced(
 
     The crop box, in full-resolution pixels, falls between pixels of the smaller image, so
     rounding it would shift the view by up to r/2 pixels; instead one affine warp samples
-    the exact box (the same bilinear or bicubic kernel ``cv2.resize`` uses).
+    the exact box (the same bilinear or bicubic kernel ``cv2.resize`` uses). An antialiased
+    view that still shrinks by more than 1.5x in the reduced image is area-averaged from
+    the box rounded to the reduced image's pixels (a shift below half a reduced pixel).
     """
     s = spec.size
     if out is None:
         out = np.empty((s, s, 3), dtype=np.uint8)
+    if antialiased(spec, row[P_H] / r, row[P_W] / r):
+        box = row.copy()
+        y0, x0 = round(row[P_Y0] / r), round(row[P_X0] / r)
+        box[P_Y0], box[P_X0] = y0, x0
+        box[P_H] = max(1, min(img.shape[0] - y0, round(row[P_H] / r)))
+        box[P_W] = max(1, min(img.shape[1] - x0, round(row[P_W] / r)))
+        return augment.crop_resize(img, box, spec, out=out)
     sy, sx = row[P_H] / (r * s), row[P_W] / (r * s)  # source pixels per output pixel
     flip = bool(row[P_FLIP])
     # dst (u, v) -> src: x = x0/r + (u + 0.5) sx - 0.5, mirrored in u when flipped.
@@ -152,7 +152,7 @@ def _crop_resize_reduced(
         m,
         (s, s),
         dst=out,
-        flags=_CV2_INTERP[spec.interpolation] | cv2.WARP_INVERSE_MAP,
+        flags=CV2_INTERP[spec.interpolation] | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
     return out

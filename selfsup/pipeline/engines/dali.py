@@ -19,7 +19,9 @@ DALI does the pixel work only. Everything that decides *which* pixels stays in s
 - Resizing matches the cpu engine's OpenCV call: bilinear or bicubic by the ViewSpec, and no
   antialiasing when shrinking (``antialias=False``; ``cv2.resize`` with ``INTER_LINEAR`` /
   ``INTER_CUBIC`` has none). DALI's cubic kernel and its sampling at the box edges differ a
-  little from OpenCV's, so the pixels are close but not identical to the cpu engine's.
+  little from OpenCV's, so the pixels are close but not identical to the cpu engine's. A
+  ViewSpec with ``antialias`` gets DALI's antialiased resize, which filters every shrink
+  (the cpu engine area-averages only shrinks above 1.5x).
 
 DALI gets only samples it is sure to decode the way ``decode_image`` would: baseline or
 progressive JPEG bytes whose header parses, colour space YCbCr/Gray/RGB, no EXIF rotation
@@ -46,11 +48,13 @@ import simplejpeg
 import torch
 
 from selfsup.errors import ConfigError
+from selfsup.kernels.layout import NPARAM, P_FLIP, P_H, P_W, P_X0, P_Y0
 from selfsup.pipeline.decode import JPEG_MAGIC, jpeg_orientation
 from selfsup.pipeline.engines.cpu import CpuEngine, EngineBatch
+from selfsup.pipeline.params import draw_params
 from selfsup.pipeline.rng import sample_rng
 from selfsup.pipeline.sources.base import Source
-from selfsup.pipeline.views import NPARAM, P_FLIP, P_H, P_W, P_X0, P_Y0, ViewSpec, draw_params
+from selfsup.pipeline.views import ViewSpec
 
 INSTALL_HINT = "pip install 'selfsup[dali]' (the nvidia-dali-cuda120 wheel, also for CPU-only use)"
 _DALI_COLORSPACES = ("YCbCr", "Gray", "RGB")
@@ -185,7 +189,7 @@ class DaliEngine:
                         roi_end=end,
                         roi_relative=False,
                         interp_type=interp[spec.interpolation],
-                        antialias=False,
+                        antialias=spec.antialias,
                     )
                 )
             pipe.set_outputs(*outputs)

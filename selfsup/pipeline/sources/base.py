@@ -11,6 +11,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+# File extensions of the image formats ``decode.decode_image`` reads (lower case, no dot):
+# what an image folder lists and what a tar shard's image member may be called.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+
 
 @runtime_checkable
 class Source(Protocol):

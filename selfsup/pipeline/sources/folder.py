@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.errors import DataError
+from selfsup.pipeline.sources.base import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
+_SUFFIXES = tuple(f".{e}" for e in IMAGE_EXTENSIONS)
 
 
 class ImageFolderSource:
@@ -28,13 +29,13 @@ class ImageFolderSource:
         for label, name in enumerate(self.classes):
             for dirpath, _, files in sorted(os.walk(self.root / name)):
                 for f in sorted(files):
-                    if f.lower().endswith(IMAGE_EXTENSIONS):
+                    if f.lower().endswith(_SUFFIXES):
                         paths.append(os.path.join(dirpath, f))
                         labels.append(label)
         if not paths:
             raise DataError(
                 f"image folder {str(self.root)!r} holds no images in class sub-folders "
-                f"(looked for {', '.join(IMAGE_EXTENSIONS)} under root/<class>/)"
+                f"(looked for {', '.join(_SUFFIXES)} under root/<class>/)"
             )
         self.paths = paths
         self.labels = np.asarray(labels, dtype=np.int64)

@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.errors import DataError
+from selfsup.pipeline.sources.base import IMAGE_EXTENSIONS
+from selfsup.pipeline.sources.generated import default_cache_dir
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 LABEL_EXTENSION = "cls"
 INDEX_SUFFIX = ".selfsup-idx.npz"
 INDEX_VERSION = 1
@@ -204,8 +205,7 @@ def _index_candidates(path: str, cache_dir: str | Path | None) -> list[Path]:
     if cache_dir is not None:
         out.append(Path(cache_dir) / (name + INDEX_SUFFIX))
     out.append(Path(path + INDEX_SUFFIX))
-    cache = os.environ.get("SELFSUP_CACHE") or os.path.expanduser("~/.cache/selfsup")
-    out.append(Path(cache) / "tar-index" / (name + INDEX_SUFFIX))
+    out.append(default_cache_dir() / "tar-index" / (name + INDEX_SUFFIX))
     return out
 
 

@@ -1,9 +1,11 @@
 """Self-supervised methods, registered by name.
 
 A method is an ``nn.Module`` holding the backbone and its heads, with a nested ``Config``
-dataclass (its YAML section), a default ``recipe`` name, and ``forward(views) -> loss``
-where ``views`` is the loader's list of view tensors, one ``[V, B, 3, S, S]`` per size.
-A new method is one new file here plus one YAML recipe.
+dataclass (its YAML section, fields typed with ``selfsup.fields``), a ``recipe`` name (the
+views it trains on unless ``data.recipe`` says otherwise), ``min_views`` (the fewest views
+per image it can use), and ``forward(views) -> loss`` where ``views`` is the loader's list of
+view tensors, one ``[V, B, 3, S, S]`` per size. A new method is one new file here plus one
+YAML recipe. Methods never import the config layer; it imports this registry.
 """
 
 from __future__ import annotations
@@ -35,12 +37,6 @@ def method_class(name: str, where: str = "config") -> type[nn.Module]:
             f"{where}: unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}"
         )
     return METHODS[name]
-
-
-def method_config_class(name: Any, where: str = "config") -> type:
-    if not isinstance(name, str):
-        raise ConfigError(f"{where}: method.name must be a string, got {name!r}")
-    return method_class(name, where).Config
 
 
 def build_method(cfg: Any, backbone: nn.Module, num_features: int) -> nn.Module:

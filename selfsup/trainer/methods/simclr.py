@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from selfsup.config import bounded
+from selfsup.fields import bounded
 from selfsup.kernels.contrastive import info_nce
 from selfsup.trainer.heads import mlp
 from selfsup.trainer.methods import register

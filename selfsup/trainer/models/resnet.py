@@ -151,20 +151,25 @@ class ResNet(nn.Module):
 
 
 def resnet18(**kwargs) -> ResNet:
+    """ResNet-18: BasicBlock stages (2, 2, 2, 2), 512 features at width 64."""
     return ResNet(BasicBlock, (2, 2, 2, 2), **kwargs)
 
 
 def resnet34(**kwargs) -> ResNet:
+    """ResNet-34: BasicBlock stages (3, 4, 6, 3), 512 features at width 64."""
     return ResNet(BasicBlock, (3, 4, 6, 3), **kwargs)
 
 
 def resnet50(**kwargs) -> ResNet:
+    """ResNet-50: Bottleneck stages (3, 4, 6, 3), 2048 features at width 64."""
     return ResNet(Bottleneck, (3, 4, 6, 3), **kwargs)
 
 
 def resnet101(**kwargs) -> ResNet:
+    """ResNet-101: Bottleneck stages (3, 4, 23, 3), 2048 features at width 64."""
     return ResNet(Bottleneck, (3, 4, 23, 3), **kwargs)
 
 
 def resnet152(**kwargs) -> ResNet:
+    """ResNet-152: Bottleneck stages (3, 8, 36, 3), 2048 features at width 64."""
     return ResNet(Bottleneck, (3, 8, 36, 3), **kwargs)
