@@ -12,7 +12,11 @@ VENV ?= .venv
 FFCV_VENV ?= .venv-ffcv
 CONSTRAINTS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,constraints/cpu.txt)
 PIP_ARGS = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
-TEST_ENV = SELFSUP_FFCV_PYTHON=$(abspath $(FFCV_VENV))/bin/python SELFSUP_REQUIRE_FFCV=1 SELFSUP_REQUIRE_DALI=1
+# Optional packages must be there (a missing one fails instead of skipping); the packaging
+# test installs the wheel into a fresh venv with the same torch pin.
+TEST_ENV = SELFSUP_FFCV_PYTHON=$(abspath $(FFCV_VENV))/bin/python SELFSUP_REQUIRE_FFCV=1 \
+	SELFSUP_REQUIRE_DALI=1 SELFSUP_REQUIRE_TRITON=1 \
+	SELFSUP_PIP_CONSTRAINTS=$(if $(CONSTRAINTS),$(abspath $(CONSTRAINTS)))
 
 .PHONY: install install-test demo test test-gpu lint clean
 

@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["selfsup", "selfsup.*"]),
+    # the built-in configs (selfsup list configs) live inside the package
+    package_data={"selfsup": ["configs/*.yaml"]},
     install_requires=[
         # torch is pinned to the CPU wheel on CPU-only machines through
         # constraints/cpu.txt (see the Makefile); GPU users get their normal torch.
@@ -25,7 +27,10 @@ setup(
     ],
     extras_require={
         "dali": ["nvidia-dali-cuda120"],
-        "triton": ["triton"],
+        # 3.2 is the oldest release whose interpreter runs every kernel's parity tests
+        # (3.0 and 3.1 fail on tl.arange there); releases before 3.4 have no triton.knobs,
+        # which selfsup.kernels.triton_interpreting() handles.
+        "triton": ["triton>=3.2"],
         "dev": ["pytest>=7", "ruff>=0.4"],
     },
     entry_points={"console_scripts": ["selfsup=selfsup.cli:main"]},

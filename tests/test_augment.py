@@ -33,6 +33,7 @@ from selfsup.pipeline.params import draw_params
 from selfsup.pipeline.rng import sample_rng
 from selfsup.pipeline.saliency import saliency_mask
 from selfsup.pipeline.views import ViewSpec
+from tests.deps import require
 
 TOL = 1e-4  # in [0, 1] pixel units
 ALL_ON = {"jitter_p": 1.0, "grayscale_p": 1.0, "blur_p": 1.0, "solarize_p": 1.0}
@@ -521,3 +522,125 @@ def test_table_path_equals_the_kernel_chain_bit_for_bit(solarize):
     inv_std = (1.0 / np.asarray(spec.std)).astype(np.float32)
     aug._finish_kernel(slow, bool(solarize), mean, inv_std, slow)
     assert np.array_equal(fast, slow)
+
+
+# ---------------------------------------------------------------------------------------
+# The evaluation crop runs no colour stage at all
+# ---------------------------------------------------------------------------------------
+
+
+def _forbid(monkeypatch, module, *names):
+    def boom(*a, **k):
+        raise AssertionError("a colour stage ran for the evaluation crop")
+
+    for name in names:
+        monkeypatch.setattr(module, name, boom)
+
+
+def _eval_batch():
+    from selfsup.pipeline.recipes import recipe
+
+    (spec,) = recipe("center_crop_eval", 16)
+    rng = np.random.default_rng(3)
+    rows = np.stack([draw_params(spec, sample_rng(0, 0, i, 0), 30, 20) for i in range(5)])
+    x = torch.from_numpy(rng.integers(0, 256, (5, 3, 16, 16), dtype=np.uint8))
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    return spec, x, torch.from_numpy(rows), (x.float() / 255 - mean) / std
+
+
+def test_eval_recipe_has_no_random_op():
+    spec, _, rows, _ = _eval_batch()
+    assert not spec.colour_stages and spec.flip_p == 0 and spec.solarize_p == 0
+    assert not rows[:, 4:10].any() and not rows[:, 14:].any()
+
+
+def test_eval_crop_device_chain_only_normalises(monkeypatch):
+    from selfsup.kernels import color
+    from selfsup.pipeline import augment_device
+
+    spec, x, rows, want = _eval_batch()
+    _forbid(monkeypatch, color, "color_head_torch", "color_jitter_torch", "hue_t", "gray_t")
+    _forbid(monkeypatch, augment_device, "blur_torch", "saliency_masks_torch")
+    out = augment_batch(x, rows, spec, fused=False)
+    assert torch.allclose(out, want, atol=1e-5)
+
+
+def test_eval_crop_fused_chain_only_normalises(monkeypatch):
+    """The Triton path (interpreted on CPU): only the tail kernel, no gray-sum pre-pass."""
+    require("triton")
+    from selfsup.kernels import color_triton
+
+    spec, x, rows, want = _eval_batch()
+    _forbid(monkeypatch, color_triton, "color_head_fused", "color_jitter_fused")
+    monkeypatch.setattr(color_triton, "_gray_sum_kernel", None)  # launching it would fail
+    out = augment_batch(x, rows, spec, fused=True)
+    assert torch.allclose(out, want, atol=1e-5)
+
+
+def test_eval_crop_cpu_path_takes_the_table(monkeypatch):
+    from selfsup.pipeline import augment
+
+    spec, x, rows, want = _eval_batch()
+    _forbid(monkeypatch, augment, "_colour_kernel", "_finish_kernel", "saliency_mask")
+    out = np.empty((3, 16, 16), np.float32)
+    crop = np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())
+    augment_cpu(crop, rows[0].numpy(), spec, out)
+    assert np.allclose(out, want[0].numpy(), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# Antialiased downscaling (ViewSpec.antialias)
+# ---------------------------------------------------------------------------------------
+
+
+def _stripes(h: int, w: int, period: int = 2) -> np.ndarray:
+    """Vertical black/white stripes: every frequency a plain shrink folds back (aliases)."""
+    col = ((np.arange(w) // (period // 2)) % 2 * 255).astype(np.uint8)
+    return np.ascontiguousarray(np.broadcast_to(col[None, :, None], (h, w, 3)))
+
+
+def _full_row(h: int, w: int) -> np.ndarray:
+    row = np.zeros(NPARAM, np.float32)
+    row[P_H], row[P_W] = h, w
+    return row
+
+
+def test_antialias_averages_areas_when_shrinking_more_than_one_and_a_half():
+    import cv2
+
+    img = _stripes(128, 128, period=6)
+    plain = crop_resize(img, _full_row(128, 128), ViewSpec(size=32))
+    smooth = crop_resize(img, _full_row(128, 128), ViewSpec(size=32, antialias=True))
+    area = cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(smooth, area)
+    # the 4x shrink of a 6-px period: bicubic samples alias into high-contrast bars, the
+    # area average keeps the true mean with a much smaller swing
+    assert plain.astype(float).std() > 2 * smooth.astype(float).std()
+    assert abs(smooth.mean() - img.mean()) < 3
+
+
+def test_antialias_leaves_mild_shrinks_and_enlargements_alone():
+    img = _stripes(40, 40, period=4)
+    for side in (40, 30, 24):  # 1x, 1.33x and 1.67x: only the last one is area-averaged
+        box = _full_row(side, side)
+        a = crop_resize(img, box, ViewSpec(size=24))
+        b = crop_resize(img, box, ViewSpec(size=24, antialias=True))
+        assert np.array_equal(a, b) == (side <= 1.5 * 24), side
+
+
+def test_antialias_in_the_reduced_decode_path():
+    """A crop that still shrinks by more than 1.5x after a 1/2 DCT decode is area-averaged
+    from the rounded box of the reduced image."""
+    import cv2
+
+    from selfsup.pipeline.engines.cpu import _crop_resize_reduced
+
+    full = _stripes(256, 256, period=10)
+    reduced = cv2.resize(full, (128, 128), interpolation=cv2.INTER_AREA)  # stands in for 1/2
+    row = _full_row(256, 256)
+    spec = ViewSpec(size=32, antialias=True)
+    out = _crop_resize_reduced(reduced, row, 2, spec)
+    assert np.array_equal(out, cv2.resize(reduced, (32, 32), interpolation=cv2.INTER_AREA))
+    plain = _crop_resize_reduced(reduced, row, 2, ViewSpec(size=32))
+    assert plain.astype(float).std() > out.astype(float).std()

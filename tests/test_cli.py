@@ -129,3 +129,31 @@ def test_bench_loader_missing_data_is_one_line_error(tmp_path, capsys):
     assert main(["bench", "loader", "--data", str(tmp_path / "nope"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("selfsup: error:") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("what", ["recipes", "methods", "models", "configs"])
+def test_list_prints_every_registered_name(capsys, what):
+    from selfsup.config import CONFIG_DIR
+    from selfsup.pipeline.recipes import RECIPES
+    from selfsup.trainer.methods import METHODS
+    from selfsup.trainer.models import MODELS
+
+    names = {
+        "recipes": set(RECIPES),
+        "methods": set(METHODS),
+        "models": set(MODELS),
+        "configs": {p.stem for p in CONFIG_DIR.glob("*.yaml")},
+    }[what]
+    code, out, _ = run_main(capsys, "list", what)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert {line.split()[0] for line in lines} == names
+    assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # each with what it is
+
+
+def test_list_recipe_lines_describe_the_views(capsys):
+    _, out, _ = run_main(capsys, "list", "recipes")
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "2x224, crop (0.14, 1.0), bilinear" in lines["swav"]
+    assert "6x96" in lines["swav"] and "mask 0.1" in lines["relicv2"]
+    assert lines["center_crop_eval"].split(maxsplit=1)[1] == "1x224, center, bilinear"

@@ -22,6 +22,7 @@ import torch
 from selfsup.kernels.layout import NPARAM, P_SOLARIZE
 from selfsup.pipeline.params import draw_params
 from selfsup.pipeline.views import ViewSpec
+from tests.deps import require  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 interp = pytest.mark.skipif(
@@ -32,7 +33,7 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def test_kernels_under_interpreter():
-    pytest.importorskip("triton")
+    require("triton")
     if INTERPRETED:
         pytest.skip("already interpreted: the interp tests run in this process")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -212,7 +213,7 @@ def test_bad_inputs_raise():
 def test_fused_matches_torch_cuda_full_size(out_dtype, channels_last):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    pytest.importorskip("triton")
+    require("triton")
     from selfsup.kernels.color import color_jitter_torch
     from selfsup.kernels.color_triton import color_jitter_fused
 

@@ -8,10 +8,12 @@ import os
 import pytest
 import torch
 
+from tests.deps import require  # noqa: E402
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-pytest.importorskip("triton")
+require("triton")
 
 from selfsup.kernels.contrastive import info_nce  # noqa: E402
 from selfsup.kernels.contrastive_triton import info_nce_triton  # noqa: E402

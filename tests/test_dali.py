@@ -86,12 +86,9 @@ def _engines(source, views, seed=3, threads=2, **kw):
 @pytest.fixture
 def needs_dali():
     """Skip without nvidia-dali, unless SELFSUP_REQUIRE_DALI=1 (CI), when it must be there."""
-    import os
+    from tests.deps import require
 
-    if os.environ.get("SELFSUP_REQUIRE_DALI") == "1":
-        import nvidia.dali  # noqa: F401  (an ImportError fails the test)
-    else:
-        pytest.importorskip("nvidia.dali")
+    require("nvidia.dali")
 
 
 # -- no DALI needed --------------------------------------------------------------------
@@ -190,18 +187,23 @@ def _stats(v: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 #   lower by 0.13 on average (<= 0.41), channel means within 0.27.
 # - at the crop border DALI's taps may read pixels just outside the box where OpenCV
 #   replicates the box's edge; this matters only when upscaling small boxes.
-OPS = {
-    "bilinear": (ViewSpec(size=24, flip_p=0.0, interpolation="bilinear", **PLAIN), 0.5),
-    "bicubic": (ViewSpec(size=24, flip_p=0.0, interpolation="bicubic", **PLAIN), 1.0),
-    "flip": (ViewSpec(size=24, flip_p=1.0, interpolation="bilinear", **PLAIN), 0.5),
-    "center": (ViewSpec(size=24, crop="center", interpolation="bilinear", **PLAIN), 0.5),
+# - antialias: DALI filters every shrink with its own antialiasing kernel, the cpu engine
+#   area-averages shrinks above 1.5x (and resizes the others bicubically): mean absolute
+#   difference 0.91, channel means within 0.25, stds within 1.3 (the area average is the
+#   softer of the two: stds 0.58 lower on average).
+OPS = {  # spec, tolerance of the mean absolute difference, of the channel stds
+    "bilinear": (ViewSpec(size=24, flip_p=0.0, interpolation="bilinear", **PLAIN), 0.5, 1.0),
+    "bicubic": (ViewSpec(size=24, flip_p=0.0, interpolation="bicubic", **PLAIN), 1.0, 1.0),
+    "flip": (ViewSpec(size=24, flip_p=1.0, interpolation="bilinear", **PLAIN), 0.5, 1.0),
+    "center": (ViewSpec(size=24, crop="center", interpolation="bilinear", **PLAIN), 0.5, 1.0),
+    "antialias": (ViewSpec(size=24, flip_p=0.0, antialias=True, **PLAIN), 1.5, 2.5),
 }
 
 
 @pytest.mark.dali
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_per_op_statistics_match_cpu_engine(needs_dali, op):
-    spec, mad_tol = OPS[op]
+    spec, mad_tol, std_tol = OPS[op]
     dali, cpu = _engines(_source(32, seed=1), [spec])
     idx = np.arange(32)
     a, b = dali.load(idx, 0), cpu.load(idx, 0)
@@ -212,7 +214,7 @@ def test_per_op_statistics_match_cpu_engine(needs_dali, op):
     mean_a, std_a = _stats(va)
     mean_b, std_b = _stats(vb)
     np.testing.assert_allclose(mean_a, mean_b, rtol=0, atol=0.6)  # per view, per channel
-    np.testing.assert_allclose(std_a, std_b, rtol=0, atol=1.0)
+    np.testing.assert_allclose(std_a, std_b, rtol=0, atol=std_tol)
     assert abs(mean_a - mean_b).mean() < 0.3
     mad = (va.float() - vb.float()).abs().mean().item()
     assert mad < mad_tol, f"{op}: mean absolute difference {mad:.3f}"
@@ -332,3 +334,39 @@ def test_loader_with_the_dali_engine_on_cpu_matches_the_cpu_engine(needs_dali):
     # same rows and ops; only the resampling kernels (and the cpu's reduced decode) differ
     diff = (dali.views[0] - cpu.views[0]).abs().mean()
     assert diff < 0.05, diff
+
+
+def test_knn_feature_extraction_uses_the_configured_engine(
+    needs_dali, tiny_overrides, synthetic_root, monkeypatch
+):
+    """evaluate_knn extracts features through data.engine, and the dali engine's features
+    agree with the cpu engine's."""
+    import selfsup.pipeline.loader as loader_module
+    import selfsup.trainer.evaluate as evaluate
+    from selfsup.config import load_config
+    from selfsup.pipeline.sources import ImageFolderSource
+    from selfsup.trainer import loop
+    from selfsup.trainer.models import build_model
+
+    engines = []
+    real = loader_module.Loader
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            engines.append(self.engine_name)
+
+    monkeypatch.setattr(evaluate, "Loader", Spy)
+    cfg = load_config(
+        "default", [*tiny_overrides, "data.engine=dali", "eval.random_init_baseline=false"]
+    )
+    net = build_model("resnet18", small_input=True, width=8)
+    out = loop.evaluate_knn(cfg, net, torch.device("cpu"))
+    assert engines == ["dali", "dali"] and 0 <= out["knn_top1"] <= 100
+
+    src = ImageFolderSource(synthetic_root / "val")
+    kw = dict(size=32, batch_size=16, threads=1, reduced_decode=False)
+    f_dali, y_dali = evaluate.extract_features(net, src, engine="dali", **kw)
+    f_cpu, y_cpu = evaluate.extract_features(net, src, engine="cpu", **kw)
+    assert torch.equal(y_dali, y_cpu)
+    assert (f_dali * f_cpu).sum(1).min() > 0.99  # cosine similarity of the same image's features

@@ -11,6 +11,8 @@ import os
 import pytest
 import torch
 
+from tests.deps import require  # noqa: E402
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -51,7 +53,7 @@ CASES = [
 @pytest.mark.parametrize("impl, alpha, m, backward_inside", CASES)
 def test_info_nce_under_bf16_autocast_matches_float64(impl, alpha, m, backward_inside):
     if impl == "triton":
-        pytest.importorskip("triton")
+        require("triton")
     g = torch.Generator().manual_seed(7)
     z = torch.randn(2, 96, 64, generator=g)
     extra = torch.randn(m, 64, generator=g) if m else None
@@ -74,7 +76,7 @@ def test_info_nce_under_bf16_autocast_matches_float64(impl, alpha, m, backward_i
 @pytest.mark.parametrize("impl", ["reference", "torch", "triton"])
 def test_sinkhorn_under_autocast_is_unchanged(impl):
     if impl == "triton":
-        pytest.importorskip("triton")
+        require("triton")
     g = torch.Generator().manual_seed(3)
     scores = torch.nn.functional.normalize(torch.randn(40, 16, generator=g), dim=1)
     scores = scores @ torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=1).T

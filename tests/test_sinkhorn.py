@@ -1,7 +1,6 @@
 """SwAV's Sinkhorn-Knopp: reference vs SwAV's literal formula, stability, the fast torch and
 Triton versions (under TRITON_INTERPRET=1 without a GPU), dispatch, and 2 ranks vs 1."""
 
-import importlib
 import os
 import socket
 
@@ -20,6 +19,7 @@ from selfsup.kernels.sinkhorn import (
     sinkhorn_reference,
     sinkhorn_torch,
 )
+from tests.deps import require  # noqa: E402
 
 SIZES = [(64, 30, 0), (7, 5, 0), (7, 5, 9), (33, 70, 16)]  # batch, prototypes, queue rows
 
@@ -52,24 +52,17 @@ def make(b, k, nq, dtype=torch.float64, seed=0):
 
 
 @pytest.fixture
-def triton_impl(monkeypatch):
-    """sinkhorn_triton, interpreted on CPU when there is no GPU (decided at import time)."""
-    triton = pytest.importorskip("triton")
-    if not torch.cuda.is_available():
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        if not triton.knobs.runtime.interpret or "Interpreted" not in type(tl_zeros()).__name__:
-            pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (set it earlier)")
-    import selfsup.kernels.sinkhorn_triton as mod
+def triton_impl():
+    """sinkhorn_triton, interpreted on CPU when there is no GPU (tests/conftest.py sets
+    TRITON_INTERPRET=1 before anything imports triton)."""
+    require("triton")
+    from selfsup.kernels import triton_interpreting
 
-    if "Interpreted" not in type(mod._col_kernel).__name__ and not torch.cuda.is_available():
-        mod = importlib.reload(mod)  # imported earlier without the interpreter
-    return mod.sinkhorn_triton
+    if not torch.cuda.is_available() and not triton_interpreting():
+        pytest.fail("no CUDA and Triton is not interpreting: set TRITON_INTERPRET=1 first")
+    from selfsup.kernels.sinkhorn_triton import sinkhorn_triton
 
-
-def tl_zeros():
-    import triton.language.standard
-
-    return triton.language.standard.zeros
+    return sinkhorn_triton
 
 
 @pytest.mark.parametrize("b,k,nq", SIZES)
@@ -200,7 +193,7 @@ def _rank_worker(rank, world, port, scores, queue, out_dir):
 def test_two_ranks_match_one_process(tmp_path, monkeypatch):
     """Each of 2 gloo ranks holds half the batch (and half the queue): the assignments equal
     those of one process holding the whole batch, with the per-rank queue halves in place."""
-    pytest.importorskip("triton")
+    require("triton")
     if not torch.cuda.is_available():
         monkeypatch.setenv("TRITON_INTERPRET", "1")  # inherited by the spawned ranks
     world, b, nq, k = 2, 24, 8, 10

@@ -114,6 +114,42 @@ def test_tar_damaged_index_is_rebuilt(shards, count_scans):
     assert len(count_scans) == 2 and src.read(4) == expected[4]
 
 
+def _rewrite_index(path, **changes):
+    """Rewrite a cached index with some arrays changed and its stamp kept (so the stamp
+    alone would accept it)."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    for k, f in changes.items():
+        arrays[k] = f(arrays[k])
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"offsets": lambda o: o + 10**6},  # past the end of the shard
+        {"sizes": lambda s: s * 0 + 10**9},  # offset + size past the end
+        {"offsets": lambda o: o - 10**6},  # negative
+        {"sizes": lambda s: s - 10**6},  # negative
+        {"labels": lambda y: y - 100},  # negative labels
+        {"labels": lambda y: y[:-1]},  # lengths disagree
+        {"offsets": lambda o: o + np.iinfo(np.int64).max - o.max()},  # offset + size overflows
+    ],
+    ids=["offset", "size", "negative-offset", "negative-size", "label", "length", "overflow"],
+)
+def test_tar_index_pointing_outside_the_shard_is_rebuilt(shards, count_scans, changes):
+    root, expected = shards
+    TarShardSource(str(root / "train-000.tar"))
+    index = root / f"train-000.tar{tar_module.INDEX_SUFFIX}"
+    _rewrite_index(index, **changes)
+    src = TarShardSource(str(root / "train-000.tar"))
+    assert len(count_scans) == 2  # not trusted: scanned again
+    assert [src.read(i) for i in range(len(src))] == expected[:5]
+    again = TarShardSource(str(root / "train-000.tar"))  # and the good index replaced it
+    assert len(count_scans) == 2 and len(again) == 5
+
+
 def test_tar_threads_and_pickle(shards):
     root, expected = shards
     src = TarShardSource(str(root / "train-*.tar"))

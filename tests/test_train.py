@@ -68,3 +68,23 @@ def test_simclr_learns_on_a_fixed_batch():
         opt.step()
         first = first if first is not None else loss.item()
     assert loss.item() < first - 0.3
+
+
+def test_default_run_directories_are_unique_within_one_second(tmp_path, monkeypatch):
+    """Two runs started in the same second (or many jobs at once) never share a directory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import selfsup.trainer.loop as loop
+
+    monkeypatch.setattr(loop.time, "strftime", lambda fmt: "20261130-120000")
+    cfg = load_config("default", [f"run_dir={tmp_path}"])
+    first, second = loop.new_run_dir(cfg), loop.new_run_dir(cfg)
+    assert first.name == "simclr-20261130-120000"
+    assert second.name == "simclr-20261130-120000-1"
+    with ThreadPoolExecutor(8) as pool:
+        many = list(pool.map(lambda _: loop.new_run_dir(cfg), range(16)))
+    names = [d.name for d in [first, second, *many]]
+    assert len(set(names)) == 18 and all((d / "checkpoints").is_dir() for d in many)
+    # an explicit name is reused as long as it holds no checkpoint
+    named = load_config("default", [f"run_dir={tmp_path}", "name=mine"])
+    assert loop.new_run_dir(named) == loop.new_run_dir(named) == tmp_path / "mine"

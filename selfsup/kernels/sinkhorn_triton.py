@@ -118,10 +118,11 @@ def _row_lse(s: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     pmax = torch.empty(ROW_SPLITS, k, dtype=v.dtype, device=s.device)
     psum = torch.empty_like(pmax)
     grid = (ROW_SPLITS, triton.cdiv(k, ROW_BLOCK_K))
-    _row_partial_kernel[grid](
-        s, v, pmax, psum, n, k, s.stride(0), c,
-        BLOCK_N=ROW_BLOCK_N, BLOCK_K=ROW_BLOCK_K, SPLITS=ROW_SPLITS,
-    )  # fmt: skip
+    with launch_guard(s):
+        _row_partial_kernel[grid](
+            s, v, pmax, psum, n, k, s.stride(0), c,
+            BLOCK_N=ROW_BLOCK_N, BLOCK_K=ROW_BLOCK_K, SPLITS=ROW_SPLITS,
+        )  # fmt: skip
     m = all_reduce_(pmax.amax(0), "max")
     total = all_reduce_((psum * torch.exp(pmax - m)).sum(0))
     return m + torch.log(total)

@@ -70,13 +70,31 @@ def train_step(method, optimizer, scaler, batch, lr: float, amp_dtype, device) -
 
 
 def new_run_dir(cfg: Config) -> Path:
-    name = cfg.name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run_dir) / name
-    if (run_dir / CHECKPOINT).exists():
-        raise CheckpointError(
-            f"run directory {str(run_dir)!r} already holds a checkpoint; continue it with "
-            f"--resume {run_dir}, or choose another name="
-        )
+    """The run's directory: ``name`` if given, else ``<method>-<date>-<time>``, made unique.
+
+    Default names are claimed with an exclusive ``mkdir``: two runs started in the same second
+    (or by several jobs of an array) get ``...-153012``, ``...-153012-1``, and so on.
+    """
+    parent = Path(cfg.run_dir)
+    parent.mkdir(parents=True, exist_ok=True)
+    if cfg.name is None:
+        stem = f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for n in range(10_000):
+            run_dir = parent / (stem if n == 0 else f"{stem}-{n}")
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise CheckpointError(f"no free run directory name {stem}-N in {parent}")
+    else:
+        run_dir = parent / cfg.name
+        if (run_dir / CHECKPOINT).exists():
+            raise CheckpointError(
+                f"run directory {str(run_dir)!r} already holds a checkpoint; continue it with "
+                f"--resume {run_dir}, or choose another name="
+            )
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     return run_dir
 

@@ -225,15 +225,37 @@ def _load_or_build_index(path: str, cache_dir: str | Path | None) -> _ShardIndex
 
 
 def _load_index(path: Path, stamp: np.ndarray) -> _ShardIndex | None:
+    """The cached index at ``path`` if it belongs to this shard (same size and mtime) and
+    every entry lies inside it; None (rebuild) otherwise. A cache file is untrusted input:
+    it may be stale, damaged, or written by someone else."""
     try:
         with np.load(path, allow_pickle=False) as z:
             if not np.array_equal(z["stamp"], stamp):
                 return None
             keys = bytes(z["keys"]).decode().split("\n") if len(z["offsets"]) else []
             skipped = bytes(z["skipped"]).decode().split("\n") if z["skipped"].size else []
-            return _ShardIndex(z["offsets"], z["sizes"], z["labels"], keys, skipped)
+            index = _ShardIndex(z["offsets"], z["sizes"], z["labels"], keys, skipped)
     except Exception:  # noqa: BLE001 - missing, stale or damaged: rebuild
         return None
+    return index if _index_fits(index, int(stamp[1])) else None
+
+
+def _index_fits(index: _ShardIndex, file_size: int) -> bool:
+    """Whether every sample of ``index`` lies inside a shard of ``file_size`` bytes."""
+    n = len(index.offsets)
+    if not (index.offsets.ndim == index.sizes.ndim == index.labels.ndim == 1):
+        return False
+    if len(index.sizes) != n or len(index.labels) != n or len(index.keys) != n:
+        return False
+    if n == 0:
+        return True
+    off, size = index.offsets, index.sizes
+    return bool(
+        (off >= 0).all()
+        and (size >= 0).all()
+        and (off <= file_size - size).all()  # offset + size <= file size, without overflow
+        and (index.labels >= 0).all()
+    )
 
 
 def _save_index(path: Path, stamp: np.ndarray, index: _ShardIndex) -> bool:
