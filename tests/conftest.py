@@ -50,3 +50,22 @@ def tiny_overrides(synthetic_root, tmp_path) -> list[str]:
         f"run_dir={tmp_path / 'runs'}",
         "name=tiny",
     ]
+
+
+def recompute_knn(cfg, run_dir: Path) -> float:
+    """k-NN top-1 of the run's saved backbone.pt on its held-out split, computed afresh (the
+    number summary.json must hold)."""
+    import torch
+
+    from selfsup.pipeline.sources import open_split
+    from selfsup.trainer.evaluate import extract_features, knn_top1
+    from selfsup.trainer.loop import build_backbone
+
+    net = build_backbone(cfg)
+    net.load_state_dict(torch.load(run_dir / "backbone.pt", weights_only=True))
+    kw = dict(size=cfg.data.eval_size, batch_size=cfg.eval.batch_size, threads=cfg.data.threads,
+              reduced_decode=cfg.data.reduced_decode)  # fmt: skip
+    train = extract_features(net, open_split(cfg.data, cfg.data.train_split), **kw)
+    val = extract_features(net, open_split(cfg.data, cfg.data.val_split), **kw)
+    acc = knn_top1(*train, *val, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
+    return round(acc, 2)

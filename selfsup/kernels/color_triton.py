@@ -141,16 +141,21 @@ def _load_rgb(x_ptr, m_ptr, row, b64, hh, ww, inb, sxb, sxc, sxh, sxw, smb, smh,
 
 
 @triton.jit
+def _sample_block(p_ptr, H, W, BLOCK: tl.constexpr):
+    """This program's sample (grid axis 0, which has no 65535 cap), its block of pixels (axis
+    1), the sample's parameter row, and the block's pixel mask and coordinates."""
+    b64 = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(1)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    return b64, pid, p_ptr + b64 * _NP, offs < H * W, offs // W, offs % W
+
+
+@triton.jit
 def _gray_sum_kernel(x_ptr, m_ptr, p_ptr, part_ptr, H, W, NBLK,
                      sxb, sxc, sxh, sxw, smb, smh, smw,
                      HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
     """Pre-pass: per (pixel block, sample), the sum of gray just before contrast."""
-    bi, pid = tl.program_id(0), tl.program_id(1)  # samples on axis 0 (no 65535 cap)
-    b64 = bi.to(tl.int64)
-    row = p_ptr + b64 * _NP
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    inb = offs < H * W
-    hh, ww = offs // W, offs % W
+    b64, pid, row, inb, hh, ww = _sample_block(p_ptr, H, W, BLOCK)
     r, g, b = _load_rgb(x_ptr, m_ptr, row, b64, hh, ww, inb, sxb, sxc, sxh, sxw,
                         smb, smh, smw, True, HAS_MASK)  # fmt: skip
     total = tl.sum(tl.where(inb, _gray(r, g, b), 0.0), axis=0)
@@ -174,12 +179,7 @@ def _color_kernel(x_ptr, m_ptr, p_ptr, mg_ptr, out_ptr, H, W,
                   GRAY: tl.constexpr, FINISH: tl.constexpr, SOLARIZE: tl.constexpr,
                   BLOCK: tl.constexpr):  # fmt: skip
     """One pass over a block of one sample's pixels: read once, chain, write once."""
-    bi, pid = tl.program_id(0), tl.program_id(1)  # samples on axis 0 (no 65535 cap)
-    b64 = bi.to(tl.int64)
-    row = p_ptr + b64 * _NP
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    inb = offs < H * W
-    hh, ww = offs // W, offs % W
+    b64, pid, row, inb, hh, ww = _sample_block(p_ptr, H, W, BLOCK)
     r, g, b = _load_rgb(x_ptr, m_ptr, row, b64, hh, ww, inb, sxb, sxc, sxh, sxw,
                         smb, smh, smw, IN_U8, HAS_MASK)  # fmt: skip
     if JITTER:
