@@ -20,9 +20,12 @@ def test_default_config_loads_typed():
 def test_overrides_are_typed_and_nested():
     cfg = load_config("default", ["optim.lr=0.5", "train.epochs=3", "model.small_input=false"])
     assert cfg.optim.lr == 0.5 and cfg.train.epochs == 3 and cfg.model.small_input is False
-    cfg = load_config("default", ["method.temperature=0.3", "data.view_overrides.blur_p=0"])
+    cfg = load_config("default", ["method.temperature=0.3", "data.view_overrides.flip_p=0"])
     assert cfg.method.temperature == 0.3
-    assert cfg.data.view_overrides == {"blur_p": 0}
+    # merged into the file's own overrides, and typed as the ViewSpec field is
+    assert cfg.data.view_overrides["flip_p"] == 0.0
+    assert isinstance(cfg.data.view_overrides["flip_p"], float)
+    assert cfg.data.view_overrides["blur_p"] == 0.0
 
 
 def test_exponent_without_dot_is_a_float(tmp_path):

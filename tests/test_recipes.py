@@ -323,3 +323,15 @@ def test_jitter_orders_and_crop_positions_are_uniform() -> None:
     y0, x0 = rows[:, P_Y0], rows[:, P_X0]
     assert y0.min() == 0 and y0.max() == 145 and x0.min() == 0 and x0.max() == 245
     assert abs(y0.mean() - 72.5) < 3 and abs(x0.mean() - 122.5) < 4
+
+
+def test_a_registered_recipe_is_usable_by_name(monkeypatch) -> None:
+    from selfsup.pipeline import RECIPES, register_recipe
+
+    monkeypatch.setattr("selfsup.pipeline.recipes.RECIPES", dict(RECIPES))
+    from selfsup.pipeline import recipes
+
+    register_recipe("tiny_pair", lambda size=64: [ViewSpec(size=size, count=2, blur_p=0.0)])
+    assert [(v.size, v.count) for v in recipes.recipe("tiny_pair", 32)] == [(32, 2)]
+    with pytest.raises(ValueError, match="already registered"):
+        register_recipe("tiny_pair", lambda size=64: [])

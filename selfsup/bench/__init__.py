@@ -117,6 +117,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="both sides: random resized crop + flip only (jitter, grayscale, blur, solarize off)",
     )
+    p.add_argument(
+        "--antialias",
+        action="store_true",
+        help="selfsup views area-average crops that shrink by more than 1.5x (ViewSpec."
+        "antialias), as the Pillow reference always antialiases its resizes",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return bench
 
@@ -138,6 +144,7 @@ def _loader(args: argparse.Namespace) -> int:
         photos=args.photos,
         reference=not args.no_reference,
         crop_flip_only=args.crop_flip_only,
+        antialias=args.antialias,
         progress=not args.no_progress,
     )
     result = bench_loader(cfg)

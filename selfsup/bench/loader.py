@@ -52,6 +52,7 @@ class BenchConfig:
     photos: int = 512
     reference: bool = True
     crop_flip_only: bool = False
+    antialias: bool = False  # selfsup views area-average large shrinks (Pillow always does)
     progress: bool = True
 
 
@@ -104,7 +105,9 @@ def resolve_data(data: str, photos: int, seed: int = 0, progress: bool = True) -
     return root
 
 
-def bench_views(name: str, size: int | None, crop_flip_only: bool) -> list[ViewSpec]:
+def bench_views(
+    name: str, size: int | None, crop_flip_only: bool, antialias: bool = False
+) -> list[ViewSpec]:
     from selfsup.pipeline.recipes import RECIPES
 
     if name not in RECIPES:  # read at run time: recipes are added by name to this dict
@@ -112,6 +115,8 @@ def bench_views(name: str, size: int | None, crop_flip_only: bool) -> list[ViewS
     views = make_recipe(name, size)
     if crop_flip_only:
         views = [replace(v, **CROP_FLIP_ONLY) for v in views]
+    if antialias:
+        views = [replace(v, antialias=True) for v in views]
     return views
 
 
@@ -240,7 +245,7 @@ def bench_loader(cfg: BenchConfig) -> dict:
     if cfg.engine not in ("cpu", "dali", "auto"):
         raise ConfigError(f"--engine must be cpu, dali or auto, got {cfg.engine!r}")
     cfg = replace(cfg, workers=cfg.workers or os.cpu_count() or 1)
-    views = bench_views(cfg.recipe, cfg.size, cfg.crop_flip_only)
+    views = bench_views(cfg.recipe, cfg.size, cfg.crop_flip_only, cfg.antialias)
     root = resolve_data(cfg.data, cfg.photos, cfg.seed, cfg.progress)
     source = ImageFolderSource(root)
     # Long enough for warm-up + timed batches + the DataLoader's prefetch (2 per worker).
@@ -287,6 +292,8 @@ def format_report(result: dict) -> str:
     views = [ViewSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
              for d in result["views"]]  # fmt: skip
     what = "crop + flip only" if cfg["crop_flip_only"] else "full recipe"
+    if cfg.get("antialias"):
+        what += ", selfsup antialiased"
     lines = [
         f"recipe {cfg['recipe']} ({what}; {describe_views(views)}), batch {cfg['batch_size']}, "
         f"{data['images']} images (mean {data['mean_file_bytes'] / 1e3:.0f} KB) in {data['root']}",

@@ -1,7 +1,7 @@
 """The data pipeline: sources, sampler, decode engines, views and the drop-in `Loader`."""
 
 from selfsup.pipeline.loader import Batch, Loader
-from selfsup.pipeline.recipes import RECIPES, recipe
+from selfsup.pipeline.recipes import RECIPES, recipe, register_recipe
 from selfsup.pipeline.sampler import ShardedSampler
 from selfsup.pipeline.sources import (
     ArraySource,
@@ -24,4 +24,5 @@ __all__ = [
     "TarShardSource",
     "ViewSpec",
     "recipe",
+    "register_recipe",
 ]
