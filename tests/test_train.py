@@ -9,6 +9,7 @@ from selfsup.errors import TrainingError
 from selfsup.trainer.loop import pretrain
 from selfsup.trainer.methods.simclr import SimCLR
 from selfsup.trainer.models import build_model
+from tests.conftest import recompute_knn
 
 
 def test_tiny_pretrain_writes_the_run_directory(tiny_overrides, tmp_path):
@@ -24,7 +25,8 @@ def test_tiny_pretrain_writes_the_run_directory(tiny_overrides, tmp_path):
     assert steps and all(torch.isfinite(torch.tensor(x["loss"])) for x in steps)
     assert {"step", "epoch", "lr", "images_per_sec"} <= set(steps[0])
     assert lines[-1]["event"] == "summary"
-    assert 0 <= summary["knn_top1"] <= 100 and 0 <= summary["knn_top1_random_init"] <= 100
+    # the summary's k-NN is that of the saved backbone on the held-out split
+    assert summary["knn_top1"] == recompute_knn(cfg, run)
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == summary["steps"]
     backbone = torch.load(run / "backbone.pt", weights_only=True)
@@ -88,3 +90,24 @@ def test_default_run_directories_are_unique_within_one_second(tmp_path, monkeypa
     # an explicit name is reused as long as it holds no checkpoint
     named = load_config("default", [f"run_dir={tmp_path}", "name=mine"])
     assert loop.new_run_dir(named) == loop.new_run_dir(named) == tmp_path / "mine"
+
+
+@pytest.mark.slow
+def test_pretraining_beats_the_random_init(tmp_path_factory):
+    """What the demo claims, at a size a test can afford (about 30 s on 2 cores): SimCLR on
+    1,000 synthetic images for 16 epochs gives k-NN features clearly better than the same
+    network's initial weights. Measured gaps: 20.7 points (seed 0), 8.3 and 7.7 (seeds 1, 2),
+    13.0 (seed 0 with AVX2-only kernels); 300 held-out images, so one image is 0.33 points."""
+    from selfsup.pipeline.sources.synthetic import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("learn") / "data"
+    ensure_synthetic(root, seed=0, train_per_class=100, val_per_class=30, progress=False)
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = load_config(
+        "default",
+        [f"data.path={root}", "data.synthetic_train_per_class=100",
+         "data.synthetic_val_per_class=30", "train.epochs=16", "train.batch_size=128",
+         f"run_dir={runs}", "name=learn"],
+    )  # fmt: skip
+    summary = pretrain(cfg, progress=False)
+    assert summary["knn_top1"] >= summary["knn_top1_random_init"] + 5.0, summary
