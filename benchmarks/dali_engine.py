@@ -13,7 +13,6 @@ nvJPEG path on GPU N instead.
 from __future__ import annotations
 
 import argparse
-import inspect
 import time
 
 import cv2
@@ -91,10 +90,9 @@ def main() -> None:
     kw = dict(seed=0, threads=args.threads)
     cpu = CpuEngine(source, views, output="uint8", **kw)
     engines, names = [cpu], ["cpu engine (uint8)"]
-    if "reduced_decode" in inspect.signature(CpuEngine).parameters:
-        # Like for like with DALI, which always decodes at full resolution.
-        engines.append(CpuEngine(source, views, output="uint8", reduced_decode=False, **kw))
-        names.append("cpu engine, full decode")
+    # Like for like with DALI, which always decodes at full resolution.
+    engines.append(CpuEngine(source, views, output="uint8", reduced_decode=False, **kw))
+    names.append("cpu engine, full decode")
     dali = DaliEngine(source, views, device_id=args.device, **kw)
     where = "CPU-only" if args.device is None else f"GPU {args.device}"
     engines.append(dali)

@@ -13,7 +13,6 @@ alternate A B B A ... over ``repeats`` rounds and the reported rate is each pipe
 from __future__ import annotations
 
 import datetime
-import inspect
 import os
 import platform
 import statistics
@@ -154,28 +153,14 @@ def time_batches(batches: Iterable, tensors: Callable, warmup: int, timed: int, 
     return elapsed
 
 
-def _engine_kwargs(engine: str) -> tuple[dict, str]:
-    """The Loader's engine argument, if this Loader has one, and the engine name to report."""
-    from selfsup.pipeline.loader import Loader
-
-    if "engine" in inspect.signature(Loader).parameters:
-        return {"engine": engine}, engine
-    if engine == "dali":
-        raise ConfigError(
-            "--engine dali: this selfsup build has only the cpu engine; use --engine cpu"
-        )
-    return {}, "cpu"
-
-
 def run_selfsup(cfg: BenchConfig, source, views, length: int, rnd: int, desc: str) -> RunResult:
     from selfsup.pipeline.loader import Loader
 
-    kwargs, engine = _engine_kwargs(cfg.engine)
     loader = Loader(
         RepeatedSource(source, length), list(views), cfg.batch_size, device="cpu",
-        seed=cfg.seed, threads=cfg.workers, **kwargs,
+        seed=cfg.seed, threads=cfg.workers, engine=cfg.engine,
     )  # fmt: skip
-    engine = getattr(loader, "engine_name", engine)
+    engine = loader.engine_name
     try:
         with tqdm(total=cfg.warmup + cfg.batches, desc=desc, unit="batch",
                   disable=not cfg.progress, leave=False) as bar:  # fmt: skip
@@ -289,8 +274,7 @@ def bench_loader(cfg: BenchConfig) -> dict:
 
 def format_report(result: dict) -> str:
     cfg, data, s = result["config"], result["data"], result["summary"]
-    views = [ViewSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-             for d in result["views"]]  # fmt: skip
+    views = [ViewSpec(**d) for d in result["views"]]  # lists become tuples in ViewSpec
     what = "crop + flip only" if cfg["crop_flip_only"] else "full recipe"
     if cfg.get("antialias"):
         what += ", selfsup antialiased"

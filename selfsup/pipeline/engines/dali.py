@@ -39,7 +39,6 @@ fills in grey) without an error, while the cpu engine's strict decode counts it 
 
 from __future__ import annotations
 
-import inspect
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -122,9 +121,6 @@ class DaliEngine:
         # The cpu engine does every sample DALI should not see, and owns the bad-sample logic.
         # It decodes at full resolution, as DALI does, so that all views of a batch are cut
         # from the same kind of decode.
-        full = {}
-        if "reduced_decode" in inspect.signature(CpuEngine).parameters:
-            full["reduced_decode"] = False
         self._cpu = CpuEngine(
             source,
             views,
@@ -132,7 +128,7 @@ class DaliEngine:
             threads=self.threads,
             max_bad_fraction=max_bad_fraction,
             output="uint8",
-            **full,
+            reduced_decode=False,
         )
         self.groups = self._cpu.groups
         self.plan = self._cpu.plan
