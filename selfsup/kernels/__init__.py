@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 import torch
 
@@ -65,8 +66,6 @@ def triton_interpreting() -> bool:
     ``triton.knobs`` (Triton 3.4 and newer) holds the setting as Triton read it; older
     releases read the environment variable, so that is the answer there.
     """
-    import os
-
     import triton
 
     knobs = getattr(triton, "knobs", None)

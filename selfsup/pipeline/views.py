@@ -8,6 +8,7 @@ their outputs can be compared in tests.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -127,14 +128,9 @@ class ViewSpec:
         return max(self.mask_p, self.jitter_p, self.grayscale_p, self.blur_p) > 0
 
 
+@functools.cache
 def _hints() -> dict[str, Any]:
-    global _HINTS
-    if _HINTS is None:
-        _HINTS = typing.get_type_hints(ViewSpec)
-    return _HINTS
-
-
-_HINTS: dict[str, Any] | None = None
+    return typing.get_type_hints(ViewSpec)
 
 
 def blur_radius(spec: ViewSpec, sigma: float) -> int:
