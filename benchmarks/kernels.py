@@ -12,9 +12,11 @@ readable float64-style reference, which holds about five full matrices, is a row
 Peak memory, and how it is measured:
 - CUDA: ``torch.cuda.max_memory_allocated`` during forward + backward, minus the memory held
   before it (inputs), after ``reset_peak_memory_stats``. Times from CUDA events.
-- CPU: every measurement runs in a fresh subprocess, which reads its peak resident set size
-  (``VmHWM`` in /proc/self/status) after forward + backward. A baseline subprocess does the same
-  setup (imports, inputs) without calling the kernel; the reported peak is the difference. (Python's
+- CPU: every measurement runs in fresh subprocesses. One times the kernel; another reads its
+  peak resident set size (``VmHWM`` in /proc/self/status) after forward + backward, with glibc's
+  mmap threshold fixed so that freed blocks leave the resident set at once. A baseline
+  subprocess does the same setup (imports, inputs) without calling the kernel; the reported
+  peak is the difference. (Python's
   tracemalloc does not see torch's allocations; peak RSS does, at page granularity.)
 
 Other kernels add rows by appending a function to ``CASES``: it receives the parsed arguments
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -170,11 +173,22 @@ def _vmhwm() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _measure_in_subprocess(kernel: str, impl: str, spec: dict, repeat: int) -> dict:
+def _measure_in_subprocess(
+    kernel: str, impl: str, spec: dict, repeat: int, exact_memory: bool = False
+) -> dict:
+    """One measurement in a fresh process. ``exact_memory``: with a fixed mmap threshold glibc's
+    dynamic one is off, so every large block is mapped on allocation and unmapped on free, and
+    peak RSS follows the live tensors instead of what the heap happened to keep (under the
+    default allocator the same tiled run's peak varied from 100 to 245 MiB). The mapping costs
+    page faults, so times come from a separate child under the default allocator."""
     job = json.dumps({"kernel": kernel, "impl": impl, "spec": spec, "repeat": repeat})
+    env = dict(os.environ)
+    if exact_memory:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
     out = subprocess.run(
-        [sys.executable, __file__, "--child", job], capture_output=True, text=True, check=True
-    )
+        [sys.executable, __file__, "--child", job],
+        capture_output=True, text=True, check=True, env=env,
+    )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -189,9 +203,11 @@ def make_measure(args):
             return r["seconds"], r["peak_bytes"], r["value"]
         key = json.dumps([kernel, spec], sort_keys=True)
         if key not in cpu_baseline:
-            cpu_baseline[key] = _measure_in_subprocess(kernel, "none", spec, 1)["vmhwm_bytes"]
-        r = _measure_in_subprocess(kernel, impl, spec, args.repeat)
-        return r["seconds"], r["vmhwm_bytes"] - cpu_baseline[key], r["value"]
+            setup_only = _measure_in_subprocess(kernel, "none", spec, 1, exact_memory=True)
+            cpu_baseline[key] = setup_only["vmhwm_bytes"]
+        timed = _measure_in_subprocess(kernel, impl, spec, args.repeat)
+        peak = _measure_in_subprocess(kernel, impl, spec, 1, exact_memory=True)["vmhwm_bytes"]
+        return timed["seconds"], peak - cpu_baseline[key], timed["value"]
 
     return measure
 
@@ -300,7 +316,8 @@ def main(argv=None) -> None:
     how = (
         "torch.cuda.max_memory_allocated minus inputs; CUDA events"
         if args.device == "cuda"
-        else "peak RSS (VmHWM) of a fresh subprocess minus that of a setup-only subprocess; "
+        else "peak RSS (VmHWM) of a fresh subprocess (fixed mmap threshold) minus that of a "
+        "setup-only subprocess; "
         "wall clock"
     )
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()}")
