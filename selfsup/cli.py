@@ -2,6 +2,7 @@
 
     selfsup pretrain [--config NAME|PATH] [key.sub=value ...]
     selfsup pretrain --resume RUN_DIR
+    selfsup pretrain --nproc N ...              (or: torchrun --nproc-per-node N -m selfsup ...)
     selfsup pack SRC OUT.beton [--max-res N] [--quality Q] [--workers K]
     selfsup bench loader --data PATH --recipe NAME [--engine cpu|dali|auto] ...
     selfsup list recipes|methods|models|configs
@@ -13,6 +14,8 @@ status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from selfsup import __version__
@@ -54,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
     )
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pre.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train with N processes on this node: runs torchrun --standalone "
+        "--nproc-per-node N -m selfsup pretrain ... (one per GPU; gloo on CPU)",
+    )
     pre.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     pre.set_defaults(func=_pretrain)
 
@@ -120,10 +130,44 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spawn_torchrun(args: argparse.Namespace) -> int:
+    """``selfsup pretrain --nproc N ...``: the same command under torchrun on this node. The
+    exit status is the first failing rank's (2 for a user error), without torchrun's report
+    (each rank has printed its own line)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    from selfsup import distributed
+
+    # torchrun's agent logs each worker failure at ERROR, after the rank's own one-line error
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    if args.nproc < 1:
+        raise SelfsupError(f"--nproc must be at least 1, got {args.nproc}")
+    child = ["pretrain", "--config", args.config]
+    child += ["--resume", args.resume] if args.resume else []
+    child += ["--no-progress"] if args.no_progress else []
+    child += list(args.overrides)
+    # each process's share of the cores (the trainer sets its threads the same way)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, distributed.node_cores() // args.nproc)))
+    torchrun = ["--standalone", "--nproc-per-node", str(args.nproc), "-m", "selfsup", *child]
+    try:
+        run(parse_args(torchrun))
+    except ChildFailedError as e:
+        _, failure = e.get_first_failure()
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
 def _pretrain(args: argparse.Namespace) -> int:
+    from selfsup import distributed
     from selfsup.config import load_config
     from selfsup.trainer.loop import pretrain
 
+    if args.nproc is not None:
+        return _spawn_torchrun(args)
     if args.resume:
         if args.overrides or args.config != "default":
             raise SelfsupError(
@@ -134,7 +178,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         summary = pretrain(cfg, progress=not args.no_progress)
+    if not distributed.is_main():
+        return 0  # rank 0 reports
     print(f"run directory: {summary['run_dir']}")
+    if summary["world_size"] > 1:
+        print(f"processes: {summary['world_size']}  global batch: {summary['global_batch']}")
     print(
         f"steps: {summary['steps']}  epochs: {summary['epochs']:.2f}  "
         f"time: {summary['total_seconds']:.0f} s"
@@ -156,11 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SelfsupError as e:
-        print(f"selfsup: error: {e}", file=sys.stderr)
+        who = f"rank {os.environ['RANK']}: " if "RANK" in os.environ else ""
+        sys.stderr.write(f"selfsup: {who}error: {e}\n")  # one write: ranks share the stream
+        sys.stderr.flush()
+        if "selfsup.distributed" in sys.modules:
+            sys.modules["selfsup.distributed"].leave_together(e)
         return 2
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "selfsup.distributed" in sys.modules:  # a process group may have been started
+            sys.modules["selfsup.distributed"].shutdown()
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ class DataConfig:
     view_overrides: dict[str, Any] = field(default_factory=dict)  # ViewSpec fields, every view
     engine: str = choice("auto", "auto", "cpu", "dali")  # auto: dali on a GPU if installed
     reduced_decode: bool = True  # cpu engine: DCT-scaled JPEG decoding when the crops allow
-    threads: int = bounded(0, 0)  # decode/augment threads; 0 = one per core
+    threads: int = bounded(0, 0)  # decode/augment threads; 0 = this node's cores / its processes
     prefetch: int = bounded(2, 0)  # batches prepared ahead of the training step
     max_bad_fraction: float = bounded(0.01, 0.0, 1.0)
 
@@ -74,12 +74,18 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = bounded(100, 1)
+    # the GLOBAL batch, over every process (as in the papers); each of W processes takes
+    # batch_size / W, and the learning-rate scaling and images/sec use the global batch
     batch_size: int = bounded(256, 1)
     seed: int = 0
     device: str = choice("auto", "auto", "cpu", "cuda")
-    precision: str = choice("auto", "auto", "fp32", "bf16", "fp16")  # auto: bf16 on GPU
+    # auto: bf16 autocast on GPU, fp32 on CPU; fp64: weights and inputs in float64 (checks)
+    precision: str = choice("auto", "auto", "fp32", "bf16", "fp16", "fp64")
     channels_last: bool = True  # NHWC model and batches (faster convolutions on GPU and CPU)
-    threads: int = bounded(0, 0)  # torch intra-op threads; 0 = torch's default
+    threads: int = bounded(0, 0)  # torch intra-op threads; 0 = this node's cores / its processes
+    # BatchNorm over the global batch across processes (SyncBatchNorm on CUDA, an all-reduce
+    # of the statistics elsewhere); None = what the method's paper does (SimCLR: on)
+    sync_bn: bool | None = None
     log_every: int = bounded(10, 1)  # steps between synchronised log lines
     checkpoint_every: int = bounded(100, 1)  # steps between checkpoints (also each epoch end)
     max_steps: int | None = None  # stop early (for smoke tests); None = all epochs
@@ -195,6 +201,8 @@ def load_config(path: str | Path = "default", overrides: list[str] | None = None
     cfg.method = build_dataclass(method.Config, method_data, "method.", where)
     if cfg.data.recipe is None:
         cfg.data.recipe = method.recipe  # the method chooses its views
+    if cfg.train.sync_bn is None:
+        cfg.train.sync_bn = bool(getattr(method, "sync_bn", False))  # and its BatchNorm
     _check_names(cfg, where)
     _check_views(cfg, method, where)
     return cfg

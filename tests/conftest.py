@@ -58,8 +58,8 @@ def recompute_knn(cfg, run_dir: Path) -> float:
     import torch
 
     from selfsup.pipeline.sources import open_split
+    from selfsup.trainer.build import build_backbone
     from selfsup.trainer.evaluate import extract_features, knn_top1
-    from selfsup.trainer.loop import build_backbone
 
     net = build_backbone(cfg)
     net.load_state_dict(torch.load(run_dir / "backbone.pt", weights_only=True))

@@ -124,7 +124,75 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "antialias), as the Pillow reference always antialiases its resizes",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_step_parser(sub)
     return bench
+
+
+STEP_DESCRIPTION = """\
+Where a training step's time goes, from one run of a config (built exactly as `selfsup
+pretrain` builds it): images/sec of (a) the model alone, on synthetic batches already on the
+device with the loader's shapes, dtype and memory format, (b) the loader alone, and (c) end to
+end; the ratio end-to-end / model-only; and each step's time split into waiting for data,
+forward, backward (DDP's gradient all-reduce overlaps it) and optimizer, as median and 90th
+percentile (CUDA events on a GPU, wall clock on a CPU). Under torchrun the figures are global:
+images/sec counts the global batch over the slowest rank's time."""
+
+STEP_EPILOG = """\
+examples:
+  selfsup bench step                                    # the built-in demo config
+  selfsup bench step --config my.yaml train.batch_size=512 --steps 50 --json step.json
+  torchrun --nproc-per-node 8 -m selfsup bench step --config my.yaml"""
+
+
+def _add_step_parser(sub) -> None:
+    p = sub.add_parser(
+        "step",
+        help="model-only, loader-only and end-to-end images/sec of a config, with the "
+        "step-time breakdown",
+        description=STEP_DESCRIPTION,
+        epilog=STEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        default="default",
+        help="a YAML file or a built-in config name (default: %(default)s)",
+    )
+    p.add_argument("--steps", type=int, default=20, metavar="N", help="timed steps of each "
+                   "kind (default: %(default)s)")  # fmt: skip
+    p.add_argument("--warmup", type=int, default=3, metavar="W", help="untimed steps before "
+                   "each kind (default: %(default)s)")  # fmt: skip
+    p.add_argument("--json", metavar="PATH", help="also write every number to PATH")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def _step(args: argparse.Namespace) -> int:
+    from selfsup import distributed
+    from selfsup.bench.step import bench_step, format_report
+    from selfsup.config import load_config
+
+    if args.steps < 1 or args.warmup < 0:
+        raise SelfsupError(
+            f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}"
+        )
+    cfg = load_config(args.config, args.overrides)
+    result = bench_step(cfg, steps=args.steps, warmup=args.warmup, progress=not args.no_progress)
+    if not distributed.is_main():
+        return 0
+    print(format_report(result))
+    if args.json:
+        _write_json(args.json, result)
+    return 0
+
+
+def _write_json(where: str, result: dict) -> None:
+    path = Path(where)
+    try:
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as e:
+        raise SelfsupError(f"cannot write --json {str(path)!r}: {e.strerror or e}") from e
+    print(f"numbers written to {path}")
 
 
 def _loader(args: argparse.Namespace) -> int:
@@ -150,18 +218,13 @@ def _loader(args: argparse.Namespace) -> int:
     result = bench_loader(cfg)
     print(format_report(result))
     if args.json:
-        path = Path(args.json)
-        try:
-            path.write_text(json.dumps(result, indent=2) + "\n")
-        except OSError as e:
-            raise SelfsupError(f"cannot write --json {str(path)!r}: {e.strerror or e}") from e
-        print(f"numbers written to {path}")
+        _write_json(args.json, result)
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``bench`` command; returns the exit status."""
-    return {"loader": _loader}[args.bench_command](args)
+    return {"loader": _loader, "step": _step}[args.bench_command](args)
 
 
 def main(argv: list[str] | None = None) -> int:

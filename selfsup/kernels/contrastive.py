@@ -9,6 +9,14 @@ Three implementations share one signature ``(z, temperature, *, extra_negatives,
 
 ``info_nce`` dispatches between them.
 
+Across ranks (SimCLR's global negatives): pass ``keys``, every rank's ``z`` gathered along
+the sample axis with ``selfsup.distributed.gather_with_grad`` ([V, N_global, D]), and
+``offset``, where this rank's samples start in it. The anchors stay the local rows; their
+candidates are every gathered row except themselves (plus the extra negatives), their
+positives are the other views of the same sample. The loss is the mean over the local
+anchors, so under DDP's gradient averaging W ranks compute exactly the single-process loss
+on the global batch. Without ``keys`` the candidates are z's own rows (one process).
+
 Definitions (z: [V, N, D]; every embedding is L2-normalised; t is the temperature):
 
 - Rows: the V*N anchors ``f = normalize(z).reshape(V*N, D)``; row ``i`` is view ``i // N`` of
@@ -41,7 +49,12 @@ from selfsup.kernels import no_autocast, triton_available
 IMPLS = ("auto", "reference", "tiled", "triton")
 
 
-def _check(z: torch.Tensor, extra_negatives: torch.Tensor | None) -> tuple[int, int, int]:
+def _check(
+    z: torch.Tensor,
+    extra_negatives: torch.Tensor | None,
+    keys: torch.Tensor | None = None,
+    offset: int = 0,
+) -> tuple[int, int, int]:
     if z.dim() != 3:
         raise ValueError(f"info_nce expects z of shape [V, N, D], got {tuple(z.shape)}")
     v, n, d = z.shape
@@ -54,6 +67,17 @@ def _check(z: torch.Tensor, extra_negatives: torch.Tensor | None) -> tuple[int, 
             f"extra_negatives must have shape [M, {d}] to match z's D, "
             f"got {tuple(extra_negatives.shape)}"
         )
+    if keys is not None:
+        if keys.dim() != 3 or keys.shape[0] != v or keys.shape[2] != d:
+            raise ValueError(
+                f"keys must have shape [{v}, N_global, {d}] to match z, got {tuple(keys.shape)}"
+            )
+        if not 0 <= offset <= keys.shape[1] - n:
+            raise ValueError(
+                f"offset {offset} does not place z's {n} samples inside keys' {keys.shape[1]}"
+            )
+    elif offset:
+        raise ValueError("offset needs keys (z's samples inside the gathered keys)")
     return v, n, d
 
 
@@ -73,6 +97,18 @@ def _normalised(
     return rows, extra
 
 
+def _key_rows(z: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
+    """The candidate rows [V*N_global, D]: ``rows`` themselves, or the normalised ``keys``."""
+    if keys is None:
+        return rows
+    return F.normalize(keys.to(rows.dtype).reshape(-1, keys.shape[-1]), dim=1)
+
+
+def _key_index(r: torch.Tensor, n: int, n_global: int, offset: int) -> torch.Tensor:
+    """Where anchor row r (view r // n of local sample r % n) sits among the key rows."""
+    return (r // n) * n_global + offset + r % n
+
+
 @no_autocast
 def info_nce_reference(
     z: torch.Tensor,
@@ -80,33 +116,41 @@ def info_nce_reference(
     *,
     extra_negatives: torch.Tensor | None = None,
     relic_alpha: float = 0.0,
+    keys: torch.Tensor | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """NT-Xent loss of ``z`` [V, N, D] (+ ``relic_alpha`` * ReLIC term); see the module doc.
 
-    Readable and float64-capable (computes in float32 at least); materialises [VN, VN + M].
+    Readable and float64-capable (computes in float32 at least); materialises [VN, VN' + M]
+    (N' = N_global with ``keys``).
     """
-    v, n, _ = _check(z, extra_negatives)
+    v, n, _ = _check(z, extra_negatives, keys, offset)
     rows, extra = _normalised(z, extra_negatives)
-    logits = rows @ torch.cat([rows, extra]).T / temperature
+    key_rows = _key_rows(z, rows, keys)
+    n_global = len(key_rows) // v
+    logits = rows @ torch.cat([key_rows, extra]).T / temperature
+    r = torch.arange(v * n, device=z.device)
+    self_col = _key_index(r, n, n_global, offset)
     self_mask = torch.zeros_like(logits, dtype=torch.bool)
-    self_mask[:, : v * n] = torch.eye(v * n, dtype=torch.bool, device=z.device)
+    self_mask[r, self_col] = True
     logits = logits.masked_fill(self_mask, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    sample = torch.arange(v * n, device=z.device) % n
-    positive = sample[:, None] == sample[None, :]
+    sample = offset + r % n
+    positive = sample[:, None] == torch.arange(v * n_global, device=z.device)[None, :] % n_global
     positive = F.pad(positive, (0, len(extra))) & ~self_mask
     loss = -(log_prob.masked_fill(~positive, 0.0).sum(1) / (v - 1)).mean()
     if relic_alpha:
         views = rows.reshape(v, n, -1)
+        key_views = key_rows.reshape(v, n_global, -1)
         terms = []
         for a in range(v):
             for b in range(v):
                 if a == b:
                     continue
                 log_p = torch.log_softmax(
-                    views[a] @ torch.cat([views[b], extra]).T / temperature, 1
+                    views[a] @ torch.cat([key_views[b], extra]).T / temperature, 1
                 )
-                target = views[b] @ torch.cat([views[a], extra]).T / temperature
+                target = views[b] @ torch.cat([key_views[a], extra]).T / temperature
                 log_q = torch.log_softmax(target.detach(), 1)
                 terms.append((log_p.exp() * (log_p - log_q)).sum(1).mean())
         loss = loss + relic_alpha * torch.stack(terms).mean()
@@ -122,16 +166,28 @@ def _tiles(size: int, block: int):
         yield start, min(start + block, size)
 
 
-def _self_mask(r0: int, r1: int, c0: int, c1: int, device) -> torch.Tensor | None:
-    """Where row index == column index inside the tile [r0:r1, c0:c1], or None if nowhere."""
-    if r1 <= c0 or c1 <= r0:
+def _self_mask(r0: int, r1: int, c0: int, c1: int, self_map, device) -> torch.Tensor | None:
+    """Where a row's own key column falls inside the tile [r0:r1, c0:c1], or None if nowhere.
+
+    ``self_map`` = (n, n_global, offset): row r's own column is ``_key_index(r, ...)``, which
+    grows with r, so the tile is skipped on the host (no synchronisation) when it cannot hold
+    one. ``None``: no self column (the ReLIC target sets)."""
+    if self_map is None:
         return None
-    rows = torch.arange(r0, r1, device=device)[:, None]
-    return rows == torch.arange(c0, c1, device=device)[None, :]
+    n, n_global, offset = self_map
+
+    def key(r: int) -> int:
+        return (r // n) * n_global + offset + r % n
+
+    if key(r1 - 1) < c0 or key(r0) >= c1:
+        return None
+    own = _key_index(torch.arange(r0, r1, device=device), n, n_global, offset)
+    return own[:, None] == torch.arange(c0, c1, device=device)[None, :]
 
 
 class _RowLogSumExp(torch.autograd.Function):
-    """``lse_i = logsumexp_k q_i . k_k * scale`` over all k, except k == i when ``skip_self``.
+    """``lse_i = logsumexp_k q_i . k_k * scale`` over all k, except row i's own column
+    (``self_map``, see ``_self_mask``; None: every k).
 
     Forward keeps, per anchor row, a running maximum and a running sum of exponentials over
     column tiles; only the [R] result is saved. Backward recomputes each tile's softmax from the
@@ -140,7 +196,7 @@ class _RowLogSumExp(torch.autograd.Function):
 
     @staticmethod
     @no_autocast
-    def forward(ctx, q, k, scale, skip_self, row_block, col_block):
+    def forward(ctx, q, k, scale, self_map, row_block, col_block):
         lse = q.new_empty(len(q))
         for r0, r1 in _tiles(len(q), row_block):
             qb = q[r0:r1]
@@ -148,7 +204,7 @@ class _RowLogSumExp(torch.autograd.Function):
             run_sum = q.new_zeros(r1 - r0)
             for c0, c1 in _tiles(len(k), col_block):
                 s = (qb @ k[c0:c1].T) * scale
-                mask = _self_mask(r0, r1, c0, c1, q.device) if skip_self else None
+                mask = _self_mask(r0, r1, c0, c1, self_map, q.device)
                 if mask is not None:
                     s.masked_fill_(mask, float("-inf"))
                 new_max = torch.maximum(run_max, s.amax(1))
@@ -160,7 +216,7 @@ class _RowLogSumExp(torch.autograd.Function):
                 run_max = new_max
             lse[r0:r1] = run_max + torch.log(run_sum)
         ctx.save_for_backward(q, k, lse)
-        ctx.scale, ctx.skip_self = scale, skip_self
+        ctx.scale, ctx.self_map = scale, self_map
         ctx.row_block, ctx.col_block = row_block, col_block
         return lse
 
@@ -173,7 +229,7 @@ class _RowLogSumExp(torch.autograd.Function):
             qb = q[r0:r1]
             for c0, c1 in _tiles(len(k), ctx.col_block):
                 s = (qb @ k[c0:c1].T) * ctx.scale
-                mask = _self_mask(r0, r1, c0, c1, q.device) if ctx.skip_self else None
+                mask = _self_mask(r0, r1, c0, c1, ctx.self_map, q.device)
                 if mask is not None:
                     s.masked_fill_(mask, float("-inf"))
                 w = torch.exp(s - lse[r0:r1, None]) * (grad_lse[r0:r1, None] * ctx.scale)
@@ -249,9 +305,12 @@ def relic_term_tiled(
     temperature: float,
     row_block: int = 1024,
     col_block: int = 4096,
+    key_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The ReLIC term (module doc) from normalised rows [V*N, D] and extras [M, D], tiled."""
+    """The ReLIC term (module doc) from normalised rows [V*N, D] and extras [M, D], tiled;
+    ``key_rows`` [V*N_global, D]: the candidates' rows when they are gathered from every rank."""
     views = rows.reshape(v, -1, rows.shape[1])
+    key_views = views if key_rows is None else key_rows.reshape(v, -1, rows.shape[1])
     terms = []
     for a in range(v):
         for b in range(v):
@@ -259,9 +318,9 @@ def relic_term_tiled(
                 continue
             kl = _RelicKL.apply(
                 views[a],
-                torch.cat([views[b], extra]),
+                torch.cat([key_views[b], extra]),
                 views[b].detach(),
-                torch.cat([views[a], extra]).detach(),
+                torch.cat([key_views[a], extra]).detach(),
                 1.0 / temperature,
                 row_block,
                 col_block,
@@ -277,20 +336,27 @@ def info_nce_tiled(
     *,
     extra_negatives: torch.Tensor | None = None,
     relic_alpha: float = 0.0,
+    keys: torch.Tensor | None = None,
+    offset: int = 0,
     row_block: int = 1024,
     col_block: int = 4096,
 ) -> torch.Tensor:
     """Same loss as ``info_nce_reference``, never materialising more than a [row_block,
     col_block] tile of similarities. fp32/bf16/fp16 inputs are computed in float32; gradients
-    come back in the input dtype. Peak extra memory ~ a few tiles + O((VN + M) D)."""
-    v, n, _ = _check(z, extra_negatives)
+    come back in the input dtype. Peak extra memory ~ a few tiles + O((VN' + M) D)."""
+    v, n, _ = _check(z, extra_negatives, keys, offset)
     rows, extra = _normalised(z, extra_negatives)
+    key_rows = _key_rows(z, rows, keys)
+    self_map = (n, len(key_rows) // v, offset)
     lse = _RowLogSumExp.apply(
-        rows, torch.cat([rows, extra]), 1.0 / temperature, True, row_block, col_block
+        rows, torch.cat([key_rows, extra]), 1.0 / temperature, self_map, row_block, col_block
     )
+    # the positives (the sample's other views) are local rows, wherever the keys come from
     loss = (lse - _positive_logit_mean(rows, v, n, temperature)).mean()
     if relic_alpha:
-        relic = relic_term_tiled(rows, extra, v, temperature, row_block, col_block)
+        relic = relic_term_tiled(
+            rows, extra, v, temperature, row_block, col_block, None if keys is None else key_rows
+        )
         loss = loss + relic_alpha * relic
     return loss
 
@@ -305,9 +371,12 @@ def info_nce(
     *,
     extra_negatives: torch.Tensor | None = None,
     relic_alpha: float = 0.0,
+    keys: torch.Tensor | None = None,
+    offset: int = 0,
     impl: str = "auto",
 ) -> torch.Tensor:
-    """The NT-Xent (+ ReLIC) loss used by the methods; see the module doc for the definition.
+    """The NT-Xent (+ ReLIC) loss used by the methods; see the module doc for the definition
+    (``keys``/``offset``: candidates gathered from every rank).
 
     ``impl``: "auto" (Triton for CUDA tensors when triton imports, else tiled), "reference",
     "tiled" or "triton" (on CPU tensors this needs ``TRITON_INTERPRET=1`` set before
@@ -319,7 +388,9 @@ def info_nce(
         # the Triton kernels hold whole rows of D per program: D up to 256 (MAX_D there)
         fits = z.shape[-1] <= 256
         impl = "triton" if z.is_cuda and fits and triton_available() else "tiled"
-    kwargs = dict(extra_negatives=extra_negatives, relic_alpha=relic_alpha)
+    kwargs = dict(
+        extra_negatives=extra_negatives, relic_alpha=relic_alpha, keys=keys, offset=offset
+    )
     if impl == "reference":
         return info_nce_reference(z, temperature, **kwargs)
     if impl == "tiled":

@@ -26,12 +26,12 @@ import triton
 import triton.language as tl
 
 from selfsup.kernels import launch_guard, no_autocast, triton_interpreting
-from selfsup.kernels.contrastive import _check, _normalised, relic_term_tiled
+from selfsup.kernels.contrastive import _check, _key_rows, _normalised, relic_term_tiled
 
 
 @triton.jit
 def _fwd(
-    Q, K, LSE, LOSS, R, C, D, NS, scale, inv_pos, stride_q, stride_k,
+    Q, K, LSE, LOSS, R, C, D, NS, NL, OFF, RK, scale, inv_pos, stride_q, stride_k,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -44,6 +44,7 @@ def _fwd(
     )
     if UPCAST:
         q = q.to(tl.float32)
+    own = (rows // NL) * NS + OFF + rows % NL  # each anchor row's own key column
     run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_M], tl.float32)
     pos_sum = tl.zeros([BLOCK_M], tl.float32)
@@ -57,8 +58,8 @@ def _fwd(
         if UPCAST:
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
-        valid = (cols[None, :] < C) & (cols[None, :] != rows[:, None])
-        positive = valid & (cols[None, :] < R) & (cols[None, :] % NS == rows[:, None] % NS)
+        valid = (cols[None, :] < C) & (cols[None, :] != own[:, None])
+        positive = valid & (cols[None, :] < RK) & (cols[None, :] % NS == own[:, None] % NS)
         pos_sum += tl.sum(tl.where(positive, s, 0.0), 1)
         s = tl.where(valid, s, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(s, 1))
@@ -71,18 +72,21 @@ def _fwd(
 
 
 @triton.jit
-def _tile_weights(q, k, rows, cols, lse, g, R, C, NS, scale, inv_pos, PREC: tl.constexpr):
+def _tile_weights(
+    q, k, rows, cols, lse, g, R, C, NS, NL, OFF, RK, scale, inv_pos, PREC: tl.constexpr
+):
     """d loss / d (q.k) for one tile: g_i * (p_ik - [positive] / (V - 1)) * scale."""
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
-    valid = (rows[:, None] < R) & (cols[None, :] < C) & (cols[None, :] != rows[:, None])
-    positive = valid & (cols[None, :] < R) & (cols[None, :] % NS == rows[:, None] % NS)
+    own = (rows // NL) * NS + OFF + rows % NL
+    valid = (rows[:, None] < R) & (cols[None, :] < C) & (cols[None, :] != own[:, None])
+    positive = valid & (cols[None, :] < RK) & (cols[None, :] % NS == own[:, None] % NS)
     p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
     return (p - tl.where(positive, inv_pos, 0.0)) * (g * scale)[:, None]
 
 
 @triton.jit
 def _bwd_dq(
-    Q, K, LSE, G, DQ, R, C, D, NS, scale, inv_pos, stride_q, stride_k,
+    Q, K, LSE, G, DQ, R, C, D, NS, NL, OFF, RK, scale, inv_pos, stride_q, stride_k,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -104,14 +108,14 @@ def _bwd_dq(
         )
         if UPCAST:
             k = k.to(tl.float32)
-        w = _tile_weights(q, k, rows, cols, lse, g, R, C, NS, scale, inv_pos, PREC)
+        w = _tile_weights(q, k, rows, cols, lse, g, R, C, NS, NL, OFF, RK, scale, inv_pos, PREC)
         acc += tl.dot(w.to(k.dtype), k, input_precision=PREC)
     tl.store(DQ + rows[:, None] * D + dims[None, :], acc, mask=row_mask)
 
 
 @triton.jit
 def _bwd_dk(
-    Q, K, LSE, G, DK, R, C, D, NS, scale, inv_pos, stride_q, stride_k,
+    Q, K, LSE, G, DK, R, C, D, NS, NL, OFF, RK, scale, inv_pos, stride_q, stride_k,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -133,7 +137,7 @@ def _bwd_dk(
             q = q.to(tl.float32)
         lse = tl.load(LSE + rows, mask=rows < R, other=0.0)
         g = tl.load(G + rows, mask=rows < R, other=0.0)
-        w = _tile_weights(q, k, rows, cols, lse, g, R, C, NS, scale, inv_pos, PREC)
+        w = _tile_weights(q, k, rows, cols, lse, g, R, C, NS, NL, OFF, RK, scale, inv_pos, PREC)
         acc += tl.dot(tl.trans(w).to(q.dtype), q, input_precision=PREC)
     tl.store(DK + cols[:, None] * D + dims[None, :], acc, mask=col_mask)
 
@@ -164,37 +168,41 @@ def _blocks(d: int, dtype: torch.dtype) -> tuple[int, int, int]:
 
 
 class _NTXentRows(torch.autograd.Function):
-    """Per-anchor NT-Xent loss [R] of rows q [R, D] (the V*N anchors) against k [C, D] (the
-    same rows followed by the extra negatives); positives are rows with the same index mod NS."""
+    """Per-anchor NT-Xent loss [R] of rows q [R, D] (V views of ``local`` samples, view-major)
+    against k [C, D]: the key rows (V views of ``samples`` samples, view-major; q's own rows
+    when one process) followed by the extra negatives. Anchor row r is key row
+    ``(r // local) * samples + offset + r % local``; its positives are the other key rows of
+    the same sample (index mod ``samples``)."""
 
     @staticmethod
-    def forward(ctx, q, k, num_samples, temperature):
+    def forward(ctx, q, k, local, samples, offset, key_rows, temperature):
         r, d = q.shape
         c = len(k)
         lse = torch.empty(r, device=q.device, dtype=torch.float32)
         loss = torch.empty_like(lse)
         block_m, block_n, block_d = _blocks(d, q.dtype)
-        scale, inv_pos = 1.0 / temperature, num_samples / (r - num_samples)
+        views = r // local
+        scale, inv_pos = 1.0 / temperature, 1.0 / (views - 1)
+        meta = (local, offset, key_rows, scale, inv_pos)
         with launch_guard(q):
             _fwd[(triton.cdiv(r, block_m),)](
-                q, k, lse, loss, r, c, d, num_samples, scale, inv_pos, q.stride(0), k.stride(0),
+                q, k, lse, loss, r, c, d, samples, *meta, q.stride(0), k.stride(0),
                 BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=_upcast(q.dtype),
                 PREC=_precision(),
             )  # fmt: skip
         ctx.save_for_backward(q, k, lse)
-        ctx.meta = (num_samples, scale, inv_pos)
+        ctx.meta = (samples, *meta)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         q, k, lse = ctx.saved_tensors
-        num_samples, scale, inv_pos = ctx.meta
         (r, d), c = q.shape, len(k)
         g = grad_loss.float().contiguous()
         dq = torch.empty(r, d, device=q.device, dtype=torch.float32)
         dk = torch.empty(c, d, device=q.device, dtype=torch.float32)
         block_m, block_n, block_d = _blocks(d, q.dtype)
-        args = (r, c, d, num_samples, scale, inv_pos, q.stride(0), k.stride(0))
+        args = (r, c, d, *ctx.meta, q.stride(0), k.stride(0))
         blocks = dict(
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=_upcast(q.dtype),
             PREC=_precision(),
@@ -202,7 +210,7 @@ class _NTXentRows(torch.autograd.Function):
         with launch_guard(q):
             _bwd_dq[(triton.cdiv(r, block_m),)](q, k, lse, g, dq, *args, **blocks)
             _bwd_dk[(triton.cdiv(c, block_n),)](q, k, lse, g, dk, *args, **blocks)
-        return dq.to(q.dtype), dk.to(k.dtype), None, None
+        return dq.to(q.dtype), dk.to(k.dtype), None, None, None, None, None
 
 
 @no_autocast
@@ -212,16 +220,24 @@ def info_nce_triton(
     *,
     extra_negatives: torch.Tensor | None = None,
     relic_alpha: float = 0.0,
+    keys: torch.Tensor | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """Same loss as ``info_nce_reference``. Normalisation runs in float32 (torch); the kernels
     take the normalised rows in the input dtype (fp32, or bf16/fp16 for tensor-core dots) and
     accumulate in float32. The ReLIC term falls back to the tiled plain-torch implementation."""
-    v, n, _ = _check(z, extra_negatives)
+    v, n, _ = _check(z, extra_negatives, keys, offset)
     rows, extra = _normalised(z, extra_negatives)
+    key_rows = _key_rows(z, rows, keys)
     kernel_dtype = z.dtype if z.dtype in (torch.float16, torch.bfloat16) else torch.float32
     q = rows.to(kernel_dtype).contiguous()
-    k = torch.cat([q, extra.to(kernel_dtype)]).contiguous()
-    loss = _NTXentRows.apply(q, k, n, float(temperature)).mean()
+    kr = q if keys is None else key_rows.to(kernel_dtype)
+    k = torch.cat([kr, extra.to(kernel_dtype)]).contiguous()
+    samples = len(key_rows) // v
+    loss = _NTXentRows.apply(q, k, n, samples, offset, len(key_rows), float(temperature)).mean()
     if relic_alpha:
-        loss = loss + relic_alpha * relic_term_tiled(rows, extra, v, temperature)
+        relic = relic_term_tiled(
+            rows, extra, v, temperature, key_rows=None if keys is None else key_rows
+        )
+        loss = loss + relic_alpha * relic
     return loss

@@ -138,6 +138,8 @@ class Loader:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = dtype
         self.channels_last = channels_last
+        # the loader's own CUDA stream: batches reach the device without the training stream
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.prefetch = prefetch
         self.seed = seed
         self.device_augment = (
@@ -246,7 +248,7 @@ class Loader:
         """Engine batches in order, made ``prefetch`` ahead in a background thread."""
         if self.prefetch == 0:
             for idx in batches:
-                yield self.engine.load(idx, epoch)
+                yield self._load(idx, epoch)
             return
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
@@ -264,7 +266,7 @@ class Loader:
         def run() -> None:
             try:
                 for idx in batches:
-                    if stop.is_set() or not put(self._pinned(self.engine.load(idx, epoch))):
+                    if stop.is_set() or not put(self._load(idx, epoch)):
                         return
                 put(done)
             except BaseException as e:  # handed to the consumer, raised there
@@ -284,25 +286,54 @@ class Loader:
             stop.set()
             worker.join()
 
-    def _pinned(self, raw: EngineBatch) -> EngineBatch:
-        """``raw`` with its host tensors in pinned memory, for asynchronous copies to a GPU
-        (done here, in the prefetch thread, not in the training loop's thread)."""
-        if self.device.type != "cuda" or self._host_augment is not None:
-            return raw
+    def _load(self, idx, epoch: int) -> EngineBatch:
+        """Make one batch (in the prefetch thread). On CUDA the engine's device work (DALI's
+        decode and copies) and the host-to-device copies run on the loader's own stream, from
+        pinned memory; ``raw.ready`` is an event the training stream waits on, so neither
+        stream waits for the other on the host."""
+        if self._stream is None:
+            return self.engine.load(idx, epoch)
+        with torch.cuda.stream(self._stream):
+            raw = self.engine.load(idx, epoch)
+            if self._host_augment is not None:
+                return raw  # the host colour chain needs host tensors; copied on delivery
 
-        def pin(t):
-            return t if t is None or t.is_cuda else t.pin_memory()
+            def to_device(t):
+                if t is None or t.is_cuda:
+                    return t
+                return t.pin_memory().to(self.device, non_blocking=True)
 
-        return EngineBatch(
-            [pin(v) for v in raw.views],
-            raw.params,
-            pin(raw.labels),
-            pin(raw.indices),
-            None if raw.masks is None else [pin(m) for m in raw.masks],
-        )
+            views = raw.views
+            if not self.device_augment and self.channels_last:
+                # [V,B,3,S,S] whose flatten(0,1) has NHWC strides
+                views = [
+                    v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for v in views
+                ]
+            staged = EngineBatch(
+                [to_device(v) for v in views],
+                raw.params,
+                to_device(raw.labels),
+                to_device(raw.indices),
+                None if raw.masks is None else [to_device(m) for m in raw.masks],
+            )
+            staged.ready = torch.cuda.Event()
+            staged.ready.record(self._stream)
+        return staged
+
+    @staticmethod
+    def _handed_over(raw: EngineBatch, stream) -> None:
+        """The training stream waits for the loader stream's work on ``raw``, and the caching
+        allocator learns that ``raw``'s tensors (allocated on the loader stream) are used on
+        the training stream, so their memory is not reused before it is done with them."""
+        stream.wait_event(raw.ready)
+        for t in [*raw.views, raw.labels, raw.indices, *(raw.masks or [])]:
+            if t is not None and t.is_cuda:
+                t.record_stream(stream)
 
     def _deliver(self, raw: EngineBatch) -> Batch:
         dev, cuda = self.device, self.device.type == "cuda"
+        if raw.ready is not None:
+            self._handed_over(raw, torch.cuda.current_stream(dev))
         if self._host_augment is not None:
             raw = self._host_augment(raw)
         if self.device_augment:
@@ -338,7 +369,7 @@ class Loader:
         else:
             views = []
             for v in raw.views:
-                if self.channels_last:
+                if self.channels_last and not v.is_cuda:
                     # [V,B,3,S,S] whose flatten(0,1) has NHWC strides.
                     v = v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
                 views.append(v.to(dev, self.dtype, non_blocking=cuda))

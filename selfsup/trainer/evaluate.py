@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from selfsup import distributed
 from selfsup.pipeline.loader import Loader
 from selfsup.pipeline.sources.base import Source
 
@@ -38,6 +39,10 @@ def extract_features(
     ``engine`` is the Loader's (``cpu``, ``dali`` or ``auto``); the features are stored in
     ``dtype`` (normalised in float32 first) and, with ``on_host``, moved to the host batch by
     batch. Labels stay on the device unless ``on_host``.
+
+    Across processes each rank extracts its slice of every global batch (``batch_size`` per
+    rank) and the slices are gathered batch by batch, so every rank returns all the features,
+    in index order (rank r's slice of a global batch precedes rank r+1's).
     """
     loader = Loader(
         source,
@@ -57,11 +62,14 @@ def extract_features(
     backbone.eval()
     feats, labels = [], []
     try:
+        dtype_in = next(backbone.parameters()).dtype  # float64 for fp64 runs
         for batch in loader:
-            f = nn.functional.normalize(backbone(batch.views[0].flatten(0, 1)).float(), dim=1)
-            f = f.to(dtype)
+            x = batch.views[0].flatten(0, 1).to(dtype_in)
+            f = nn.functional.normalize(backbone(x).float(), dim=1)
+            f = distributed.gather_uneven(f.to(dtype))
+            y = distributed.gather_uneven(batch.labels.to(f.device))
             feats.append(f.cpu() if on_host else f)
-            labels.append(batch.labels.cpu() if on_host else batch.labels)
+            labels.append(y.cpu() if on_host else y)
     finally:
         loader.close()
         backbone.train(was_training)

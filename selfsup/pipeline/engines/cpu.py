@@ -64,6 +64,8 @@ class EngineBatch:
     # per size group: the source's precomputed saliency masks cut like the views, uint8
     # [V,B,S,S] (uint8 mode, sources with masks, groups with masking only; else None)
     masks: list[torch.Tensor | None] | None = None
+    # on CUDA: recorded on the loader's stream when the batch's device copies are queued
+    ready: torch.cuda.Event | None = None
 
 
 def source_has_masks(source: Source) -> bool:

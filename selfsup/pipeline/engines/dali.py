@@ -268,8 +268,10 @@ class DaliEngine:
             if not whole:
                 views[gi][slot].index_copy_(0, index, dst)
         if self.device_id is not None:
-            # DALI reuses its output buffers on the next run: wait for the copies. (With
-            # DALI's dynamic executor, run(cuda_stream=...) could order this without a wait.)
+            # DALI reuses its output buffers on the next run: wait for the copies. The Loader
+            # runs this in its prefetch thread with its own stream current, so this waits for
+            # the loader's copies only, never for the training stream. (With DALI's dynamic
+            # executor, run(cuda_stream=...) could order this without a wait.)
             torch.cuda.current_stream(self.device).synchronize()
         return True
 
@@ -279,7 +281,8 @@ class DaliEngine:
         else:
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
-            # On torch's current stream: ordered after dst's allocation and before its users.
+            # On torch's current stream (the Loader's own): ordered after dst's allocation and
+            # before the event the training stream waits on.
             stream = torch.cuda.current_stream(self.device)
             feed_ndarray(tensor_list.as_tensor(), dst, cuda_stream=stream)
 

@@ -24,8 +24,9 @@ __all__ = [
 ]
 
 
-def open_split(data_cfg, split: str) -> Source:
-    """The source for one split (``data_cfg.train_split`` or ``val_split``) of a data config."""
+def open_split(data_cfg, split: str, progress: bool = True) -> Source:
+    """The source for one split (``data_cfg.train_split`` or ``val_split``) of a data config
+    (``progress``: a bar while the built-in synthetic dataset is generated on first use)."""
     from selfsup.errors import DataError
 
     if data_cfg.source == "synthetic":
@@ -36,6 +37,7 @@ def open_split(data_cfg, split: str) -> Source:
             seed=data_cfg.synthetic_seed,
             train_per_class=data_cfg.synthetic_train_per_class,
             val_per_class=data_cfg.synthetic_val_per_class,
+            progress=progress,
         )
         return ImageFolderSource(Path(root) / {"train": "train", "val": "val"}.get(split, split))
     layout = {

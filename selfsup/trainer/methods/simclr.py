@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from selfsup import distributed
 from selfsup.fields import bounded
 from selfsup.kernels.contrastive import info_nce
 from selfsup.trainer.heads import mlp
@@ -23,6 +24,7 @@ from selfsup.trainer.methods import register
 class SimCLR(nn.Module):
     recipe = "simclr"
     min_views = 2  # positives need a second view
+    sync_bn = True  # SimCLR normalises over the global batch (its TF code's global_bn)
 
     @dataclass
     class Config:
@@ -45,4 +47,10 @@ class SimCLR(nn.Module):
         h = torch.cat([self.backbone(g.flatten(0, 1)) for g in views])  # [V*B, F]
         v = sum(g.shape[0] for g in views)
         z = self.projector(h)
-        return info_nce(z.float().reshape(v, -1, z.shape[-1]), self.cfg.temperature)
+        z = z.reshape(v, -1, z.shape[-1])  # [V, B, D]; the loss computes in float32 at least
+        if distributed.world_size() == 1:
+            return info_nce(z, self.cfg.temperature)
+        # Global negatives: this rank's anchors against every rank's projections, gathered
+        # with a gradient that flows back to the rank that made each one.
+        keys = distributed.gather_with_grad(z, dim=1)
+        return info_nce(z, self.cfg.temperature, keys=keys, offset=distributed.rank() * z.shape[1])

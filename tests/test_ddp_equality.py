@@ -1,0 +1,85 @@
+"""One process at global batch 2B against two processes at B each: the same training step.
+
+The harness builds each method exactly as ``selfsup pretrain`` does (``build_model_and_optimizer``:
+global BN, DDP, LARS) and feeds it the same global batch of views, rank-distinct (each rank
+takes its own contiguous slice). It compares the loss (averaged over ranks, as logged), every
+parameter's gradient after DDP's averaging, and every weight after 3 optimizer steps. Float64,
+so that any difference left is a bug and not reduction order. A new method is covered by adding
+its name (and the overrides sizing its heads) to ``METHODS``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.ranks import run_ranks
+
+GLOBAL_BATCH = 8
+STEPS = 3
+TOL = 1e-5  # relative, per parameter (norm of the difference / norm of the reference)
+METHODS = {
+    "simclr": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
+}
+BASE = [
+    "model.arch=resnet18", "model.width=8", "model.small_input=true", "data.size=16",
+    "train.device=cpu", "train.channels_last=false", "train.precision=fp32",
+    f"train.batch_size={GLOBAL_BATCH}", "optim.warmup_epochs=0", "train.threads=1",
+]  # fmt: skip
+
+
+def _views(cfg, step: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """The global batch of step ``step``: one [V, G, 3, S, S] tensor per view size."""
+    from selfsup.pipeline.recipes import recipe
+    from selfsup.pipeline.views import group_by_size
+
+    groups = group_by_size(recipe(cfg.data.recipe, cfg.data.size))
+    gen = torch.Generator().manual_seed(1000 + step)
+    shape = [(g.count, GLOBAL_BATCH, 3, g.size, g.size) for g in groups]
+    return [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shape]
+
+
+def train_steps(rank: int, world: int, method: str, dtype: str = "float64") -> dict:
+    """Run STEPS steps on this rank's slice; the loss, gradients after step 1, final weights."""
+    from selfsup import distributed
+    from selfsup.config import load_config
+    from selfsup.trainer.build import build_model_and_optimizer, train_step
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        cfg = load_config("default", [*BASE, f"method.name={method}", *METHODS[method]])
+        device = torch.device("cpu")
+        model = build_model_and_optimizer(cfg, device)
+        b = GLOBAL_BATCH // world
+        losses, grads = [], None
+        for step in range(STEPS):
+            views = [v[:, rank * b : (rank + 1) * b] for v in _views(cfg, step, getattr(torch, dtype))]
+            loss = train_step(model, views, 0.5, device)
+            losses.append(distributed.all_reduce_(loss.clone(), "mean").item())
+            if step == 0:
+                grads = {n: p.grad.clone() for n, p in model.method.named_parameters()}
+        weights = {n: p.detach().clone() for n, p in model.method.named_parameters()}
+        return {"losses": losses, "grads": grads, "weights": weights}
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_two_processes_train_exactly_like_one(method):
+    one = train_steps(0, 1, method)
+    two = run_ranks(train_steps, 2, method)
+    for r, res in enumerate(two):
+        for step, (a, b) in enumerate(zip(res["losses"], one["losses"], strict=True)):
+            assert abs(a - b) <= TOL * abs(b), f"rank {r} step {step + 1}: loss {a} vs {b}"
+        assert res["grads"].keys() == one["grads"].keys()
+        bad = {n: _rel(g, one["grads"][n]) for n, g in res["grads"].items()}
+        bad = {n: e for n, e in bad.items() if e > TOL}
+        assert not bad, f"rank {r}: gradients differ after step 1: {bad}"
+        bad = {n: _rel(w, one["weights"][n]) for n, w in res["weights"].items()}
+        bad = {n: e for n, e in bad.items() if e > TOL}
+        assert not bad, f"rank {r}: weights differ after {STEPS} steps: {bad}"
