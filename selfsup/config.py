@@ -86,6 +86,8 @@ class TrainConfig:
     # BatchNorm over the global batch across processes (SyncBatchNorm on CUDA, an all-reduce
     # of the statistics elsewhere); None = what the method's paper does (SimCLR: on)
     sync_bn: bool | None = None
+    # torch.compile the backbone (in place: checkpoint keys unchanged), one graph per view size
+    compile: bool = False
     log_every: int = bounded(10, 1)  # steps between synchronised log lines
     checkpoint_every: int = bounded(100, 1)  # steps between checkpoints (also each epoch end)
     max_steps: int | None = None  # stop early (for smoke tests); None = all epochs

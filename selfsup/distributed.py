@@ -144,7 +144,8 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         # The sum over ranks of every rank's gradient for the whole gathered tensor, then this
         # rank's slice: what all ranks' losses say about the samples this rank contributed.
-        grad = grad.contiguous()
+        # (A copy: autograd may hand the same gradient tensor to other branches.)
+        grad = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad.narrow(ctx.dim, rank() * ctx.size, ctx.size), None
 

@@ -1,6 +1,6 @@
 import pytest
 
-from selfsup.config import apply_overrides, config_to_dict, dump_config, load_config
+from selfsup.config import CONFIG_DIR, apply_overrides, config_to_dict, dump_config, load_config
 from selfsup.errors import ConfigError
 
 
@@ -146,6 +146,7 @@ def test_data_recipe_defaults_to_the_methods_recipe(tmp_path, byol_method):
 def test_pretrain_builds_its_loader_with_the_methods_recipe(
     tiny_overrides, byol_method, monkeypatch
 ):
+    import selfsup.trainer.build as build
     import selfsup.trainer.loop as loop
 
     seen = {}
@@ -157,7 +158,7 @@ def test_pretrain_builds_its_loader_with_the_methods_recipe(
         seen["recipe"] = recipe
         raise Stop
 
-    monkeypatch.setattr(loop, "Loader", fake_loader)
+    monkeypatch.setattr(build, "Loader", fake_loader)
     cfg = load_config("default", [*tiny_overrides, "method.name=byolviews"])
     with pytest.raises(Stop):
         loop.pretrain(cfg, progress=False)
@@ -259,3 +260,24 @@ def test_a_bad_view_override_on_the_command_line_is_one_line(capsys):
     assert main(["pretrain", "data.view_overrides.mean=[1, 2]"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "view spec: mean must have 3 items" in err[0]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def test_every_builtin_config_loads(name):
+    cfg = load_config(name)
+    assert cfg.train.sync_bn is not None  # resolved from the method when the file is silent
+
+
+def test_sync_bn_defaults_to_the_methods_choice():
+    assert load_config("default").train.sync_bn is True  # SimCLR: global BN
+    assert load_config("default", ["train.sync_bn=false"]).train.sync_bn is False
+
+
+def test_the_global_batch_must_split_over_the_processes():
+    from selfsup.trainer.build import per_process_batch
+
+    assert per_process_batch(256, 8) == 32
+    with pytest.raises(ConfigError, match=r"train.batch_size=256 .* 3 processes cannot split"):
+        per_process_batch(256, 3)
+    with pytest.raises(ConfigError, match="saved with 2 processes"):
+        per_process_batch(10, 3, saved_world=2)

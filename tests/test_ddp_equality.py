@@ -54,7 +54,8 @@ def train_steps(rank: int, world: int, method: str, dtype: str = "float64") -> d
         b = GLOBAL_BATCH // world
         losses, grads = [], None
         for step in range(STEPS):
-            views = [v[:, rank * b : (rank + 1) * b] for v in _views(cfg, step, getattr(torch, dtype))]
+            batch = _views(cfg, step, getattr(torch, dtype))
+            views = [v[:, rank * b : (rank + 1) * b] for v in batch]
             loss = train_step(model, views, 0.5, device)
             losses.append(distributed.all_reduce_(loss.clone(), "mean").item())
             if step == 0:

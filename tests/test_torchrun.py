@@ -60,9 +60,10 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_two_processes_through_torchrun_equal_one(synthetic_root, tmp_path):
-    one = run(pretrain_cmd(1, *_overrides(synthetic_root, tmp_path, "one", "train.epochs=2")))
+    extra = ("train.epochs=2", "eval.knn=true")
+    one = run(pretrain_cmd(1, *_overrides(synthetic_root, tmp_path, "one", *extra)))
     assert one.returncode == 0, one.stderr
-    two = run(pretrain_cmd(2, *_overrides(synthetic_root, tmp_path, "two", "train.epochs=2")))
+    two = run(pretrain_cmd(2, *_overrides(synthetic_root, tmp_path, "two", *extra)))
     assert two.returncode == 0, two.stderr
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(a) == sorted(b) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
@@ -76,6 +77,11 @@ def test_two_processes_through_torchrun_equal_one(synthetic_root, tmp_path):
     assert launch["backend"] == "gloo"
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 16
+    # the k-NN evaluation: each rank extracts its share, gathered; the same numbers as one
+    # process (the eval batch does not split evenly over the ranks at the end: 40 val images)
+    single = json.loads((tmp_path / "one" / "summary.json").read_text())
+    for key in ("knn_top1", "knn_top1_random_init"):
+        assert summary[key] == single[key], key
 
 
 def _last_logged_step(metrics: Path) -> int:

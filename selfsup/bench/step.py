@@ -10,8 +10,10 @@ and device, built exactly as ``selfsup pretrain`` builds them:
 - **end to end**: the real loader feeding the real step.
 
 For each step the time is split into waiting for data (host wall clock in ``next(loader)``),
-forward, backward (DDP's gradient all-reduce overlaps it) and optimizer, from CUDA events on a
-GPU (read after the run, never synchronising a step) and from the wall clock on a CPU.
+on a GPU the delivery's device work (``augment``: the wait for the loader stream's copies and
+the batched augmentation), forward, backward (DDP's gradient all-reduce overlaps it) and
+optimizer, from CUDA events on a GPU (read after the run, never synchronising a step) and from
+the wall clock on a CPU (where augmentation runs inside the engine, so in the data wait).
 Medians and 90th percentiles per step are reported, and end-to-end / model-only says how much
 of the model's speed the loader lets through. Under torchrun every figure is global: images/sec
 counts the global batch over the slowest rank's time, and the breakdown is rank 0's.
@@ -31,11 +33,13 @@ from selfsup.config import Config
 
 
 class PhaseTimer:
-    """Per-step durations of named phases: CUDA events on a GPU, the wall clock elsewhere."""
+    """Per-step durations of named phases: CUDA events on a GPU, the wall clock elsewhere;
+    plus phases measured on the host (waiting for data), given as seconds."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.steps: list[list[tuple[str, object]]] = []
+        self.host: dict[str, list[float]] = {}
 
     def start(self) -> None:
         self.steps.append([("start", self._now())])
@@ -44,8 +48,7 @@ class PhaseTimer:
         self.steps[-1].append((phase, self._now()))
 
     def add(self, phase: str, seconds: float) -> None:
-        """A phase measured on the host (waiting for data), recorded before ``start``."""
-        self.steps.append([(phase, seconds)])
+        self.host.setdefault(phase, []).append(seconds)
 
     def _now(self):
         if not self.cuda:
@@ -58,16 +61,15 @@ class PhaseTimer:
         """phase -> seconds per step (call after the work is done; synchronises a GPU)."""
         if self.cuda:
             torch.cuda.synchronize()
-        out: dict[str, list[float]] = {}
+        out: dict[str, list[float]] = {k: list(v) for k, v in self.host.items()}
         for marks in self.steps:
-            if len(marks) == 1:  # a host-measured phase
-                phase, seconds = marks[0]
-                out.setdefault(phase, []).append(seconds)
-                continue
             for (_, a), (phase, b) in zip(marks, marks[1:], strict=False):
                 s = a.elapsed_time(b) / 1000 if self.cuda else b - a
                 out.setdefault(phase, []).append(s)
         return out
+
+
+PHASES = ("data_wait", "forward", "backward", "optimizer", "step")  # "augment": GPU only
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -89,9 +91,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _global_rate(images_per_rank_batch: int, batches: int, seconds: float) -> float:
+def _global_rate(images_per_rank_batch: int, batches: int, seconds: float, device) -> float:
     """Images/sec of the whole job: every rank's batches over the slowest rank's time."""
-    t = distributed.all_reduce_(torch.tensor([seconds], dtype=torch.float64), "max").item()
+    t = torch.tensor([seconds], dtype=torch.float64, device=device)  # NCCL: a device tensor
+    t = distributed.all_reduce_(t, "max").item()
     return images_per_rank_batch * distributed.world_size() * batches / t
 
 
@@ -128,7 +131,7 @@ def bench_step(cfg: Config, steps: int = 20, warmup: int = 3, progress: bool = T
             batch = next(batches)
             bar.update()
         _sync(device)
-        loader_rate = _global_rate(per_rank, steps, time.perf_counter() - t0)
+        loader_rate = _global_rate(per_rank, steps, time.perf_counter() - t0, device)
 
         # (a) the model alone, on noise shaped like the loader's views (strides kept)
         views = [torch.empty_like(v).normal_() for v in batch.views]
@@ -141,7 +144,7 @@ def bench_step(cfg: Config, steps: int = 20, warmup: int = 3, progress: bool = T
             train_step(model, views, lr_at(i), device, timer.mark)
             bar.update()
         _sync(device)
-        model_rate = _global_rate(per_rank, steps, time.perf_counter() - t0)
+        model_rate = _global_rate(per_rank, steps, time.perf_counter() - t0, device)
         model_phases = timer.phases()
 
         # (c) end to end: the real loader feeding the real step
@@ -151,16 +154,20 @@ def bench_step(cfg: Config, steps: int = 20, warmup: int = 3, progress: bool = T
                 _sync(device)
                 timer, t0 = PhaseTimer(device), time.perf_counter()
             t_wait = time.perf_counter()
+            timer.start()
             batch = next(batches)
             timer.add("data_wait", time.perf_counter() - t_wait)
-            timer.start()
+            if timer.cuda:  # the delivery's device work (copies waited on, augmentation)
+                timer.mark("augment")
             train_step(model, batch.views, lr_at(i), device, timer.mark)
             bar.update()
         _sync(device)
-        e2e_rate = _global_rate(per_rank, steps, time.perf_counter() - t0)
+        e2e_rate = _global_rate(per_rank, steps, time.perf_counter() - t0, device)
         e2e_phases = timer.phases()
     finally:
         bar.close()
+        if "batches" in locals():
+            batches.close()  # stop the prefetch thread before the engine shuts down
         loader.close()
 
     def breakdown(phases: dict[str, list[float]]) -> dict:
@@ -216,13 +223,12 @@ def format_report(r: dict) -> str:
         f"end to end / model only: {r['end_to_end_over_model_only']:.3f}",
         "",
         "per step, ms (median / p90)",
-        f"{'':<14}"
-        + "".join(f"{h:>17}" for h in ("data wait", "forward", "backward", "optimizer", "step")),
+        f"{'':<14}" + "".join(f"{h:>17}" for h in ("data wait", "augment", *PHASES[1:])),
     ]
     for name in ("model_only", "end_to_end"):
         b = r[name]
         cells = []
-        for phase in ("data_wait", "forward", "backward", "optimizer", "step"):
+        for phase in ("data_wait", "augment", *PHASES[1:]):
             s = b.get(phase)
             cells.append(f"{s['median_ms']:.1f} / {s['p90_ms']:.1f}" if s else "-")
         label = name.replace("_", " ")

@@ -138,8 +138,9 @@ class Loader:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = dtype
         self.channels_last = channels_last
-        # the loader's own CUDA stream: batches reach the device without the training stream
-        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        # the loader's own CUDA stream (made on first use): batches reach the device without
+        # the training stream
+        self._stream: torch.cuda.Stream | None = None
         self.prefetch = prefetch
         self.seed = seed
         self.device_augment = (
@@ -264,6 +265,10 @@ class Loader:
             return False
 
         def run() -> None:
+            if self.device.type == "cuda":
+                # this thread's current device: else leaving the stream context would switch
+                # it to cuda:0 and create a context there on every rank
+                torch.cuda.set_device(self.device)
             try:
                 for idx in batches:
                     if stop.is_set() or not put(self._load(idx, epoch)):
@@ -291,12 +296,15 @@ class Loader:
         decode and copies) and the host-to-device copies run on the loader's own stream, from
         pinned memory; ``raw.ready`` is an event the training stream waits on, so neither
         stream waits for the other on the host."""
-        if self._stream is None:
+        if self.device.type != "cuda":
             return self.engine.load(idx, epoch)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
         with torch.cuda.stream(self._stream):
             raw = self.engine.load(idx, epoch)
             if self._host_augment is not None:
-                return raw  # the host colour chain needs host tensors; copied on delivery
+                # DALI's crops, coloured on the host: their copy back waits on this stream only
+                raw = self._host_augment(raw)
 
             def to_device(t):
                 if t is None or t.is_cuda:
@@ -311,7 +319,10 @@ class Loader:
                 ]
             staged = EngineBatch(
                 [to_device(v) for v in views],
-                raw.params,
+                # parameter rows too: a copy from pageable memory would sync the stream
+                None
+                if raw.params is None
+                else [to_device(torch.from_numpy(p)) for p in raw.params],
                 to_device(raw.labels),
                 to_device(raw.indices),
                 None if raw.masks is None else [to_device(m) for m in raw.masks],
@@ -326,7 +337,7 @@ class Loader:
         allocator learns that ``raw``'s tensors (allocated on the loader stream) are used on
         the training stream, so their memory is not reused before it is done with them."""
         stream.wait_event(raw.ready)
-        for t in [*raw.views, raw.labels, raw.indices, *(raw.masks or [])]:
+        for t in [*raw.views, *(raw.params or []), raw.labels, raw.indices, *(raw.masks or [])]:
             if t is not None and t.is_cuda:
                 t.record_stream(stream)
 
@@ -334,7 +345,7 @@ class Loader:
         dev, cuda = self.device, self.device.type == "cuda"
         if raw.ready is not None:
             self._handed_over(raw, torch.cuda.current_stream(dev))
-        if self._host_augment is not None:
+        elif self._host_augment is not None:
             raw = self._host_augment(raw)
         if self.device_augment:
             views = []
@@ -343,7 +354,9 @@ class Loader:
                 self.engine.groups, raw.views, raw.params, masks, strict=True
             ):
                 u8 = u8.to(dev, non_blocking=True)
-                p = torch.from_numpy(params).to(dev, non_blocking=True)
+                if not isinstance(params, torch.Tensor):  # staged on the loader stream on CUDA
+                    params = torch.from_numpy(params)
+                p = params.to(dev, non_blocking=True)
                 m = None if m is None else m.to(dev, non_blocking=True)
                 out, slot = [], 0
                 for spec in group.specs:

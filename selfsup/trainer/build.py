@@ -22,6 +22,8 @@ from torch import nn
 from selfsup import distributed
 from selfsup.config import Config
 from selfsup.errors import ConfigError, TrainingError
+from selfsup.pipeline.loader import Loader
+from selfsup.pipeline.sources import open_split
 from selfsup.trainer.methods import build_method
 from selfsup.trainer.models import build_model
 from selfsup.trainer.optim import build_optimizer, param_groups, warmup_cosine
@@ -95,6 +97,9 @@ def join(cfg: Config) -> torch.device:
     distributed.init_from_env(device.type)
     if device.type == "cuda" and distributed.launched():
         device = torch.device("cuda", distributed.local_rank())
+    if device.type == "cuda" and device.index is not None:
+        # object collectives and CUDA events use the current device
+        torch.cuda.set_device(device)
     return device
 
 
@@ -115,9 +120,6 @@ def describe_launch(cfg: Config, device: torch.device, saved_world: int | None =
 
 def build_loader(cfg: Config, device: torch.device, launch: Launch, progress: bool = True):
     """The training Loader: this rank's share of each global batch of the config's data."""
-    from selfsup.pipeline.loader import Loader
-    from selfsup.pipeline.sources import open_split
-
     data = cfg.data
     return Loader(
         open_split(data, data.train_split, progress=progress), data.recipe,
@@ -156,6 +158,10 @@ def build_model_and_optimizer(cfg: Config, device: torch.device) -> Model:
     method = method.to(device, torch.float64 if fp64 else None)
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        # In place, so parameter names (checkpoints, exported weights) stay the same. Static
+        # shapes: each view size (224 and 96 in multi-crop) gets its own graph.
+        method.backbone.compile(dynamic=False)
     groups = param_groups(method, cfg.optim.weight_decay, cfg.optim.exclude_1d)
     base_lr = scaled_lr(cfg)
     optimizer = build_optimizer(

@@ -58,7 +58,8 @@ class BadSample:
 @dataclass
 class EngineBatch:
     views: list[torch.Tensor]  # per size group: float [V,B,3,S,S] (fused) or uint8 [V,B,S,S,3]
-    params: list[np.ndarray] | None  # per size group [V,B,NPARAM] (uint8 mode only)
+    # per size group [V,B,NPARAM] (uint8 mode only); device tensors once the Loader staged them
+    params: list[np.ndarray] | list[torch.Tensor] | None
     labels: torch.Tensor  # [B] int64
     indices: torch.Tensor  # [B] int64, the global index of the sample actually used
     # per size group: the source's precomputed saliency masks cut like the views, uint8
