@@ -24,9 +24,12 @@ ALLOWED = {
     "selfsup.fields": {"selfsup.errors"},
     "selfsup.distributed": {"selfsup.errors"},
     "selfsup.kernels": LEAVES | {"selfsup.kernels"},
+    # the public losses: pure functions over the kernels and the collectives
+    "selfsup.losses": LEAVES | {"selfsup.kernels"},
     "selfsup.pipeline": LEAVES | {"selfsup.kernels", "selfsup.pipeline"},
     # the trainer's building blocks; the loop (below) is above the config layer
-    "selfsup.trainer": LEAVES | {"selfsup.kernels", "selfsup.pipeline", "selfsup.trainer"},
+    "selfsup.trainer": LEAVES
+    | {"selfsup.kernels", "selfsup.losses", "selfsup.pipeline", "selfsup.trainer"},
 }
 TOP = (
     "selfsup.trainer.loop",

@@ -13,9 +13,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from selfsup import distributed
+from selfsup import losses
 from selfsup.fields import bounded
-from selfsup.kernels.contrastive import info_nce
 from selfsup.trainer.heads import mlp
 from selfsup.trainer.methods import register
 
@@ -48,9 +47,5 @@ class SimCLR(nn.Module):
         v = sum(g.shape[0] for g in views)
         z = self.projector(h)
         z = z.reshape(v, -1, z.shape[-1])  # [V, B, D]; the loss computes in float32 at least
-        if distributed.world_size() == 1:
-            return info_nce(z, self.cfg.temperature)
-        # Global negatives: this rank's anchors against every rank's projections, gathered
-        # with a gradient that flows back to the rank that made each one.
-        keys = distributed.gather_with_grad(z, dim=1)
-        return info_nce(z, self.cfg.temperature, keys=keys, offset=distributed.rank() * z.shape[1])
+        # global negatives: this rank's anchors against every rank's projections
+        return losses.nt_xent(z, self.cfg.temperature)
