@@ -166,12 +166,18 @@ def _inputs(name):
         "barlow_twins": lambda: {"z1": _randn(N, D, seed=1), "z2": _randn(N, D, seed=2) + 0.5},
         "vicreg": lambda: {"z1": _randn(N, D, seed=1) * 0.3, "z2": _randn(N, D, seed=2)},
         "byol": lambda: {"p": _randn(N, D, seed=1), "z": _randn(N, D, seed=2)},
-        "moco": lambda: {"q": _randn(N, D, seed=1), "k": _randn(N, D, seed=2),
-                         "queue": _randn(11, D, seed=3)},  # fmt: skip
+        "moco": lambda: {
+            "q": _randn(N, D, seed=1),
+            "k": _randn(N, D, seed=2),
+            "queue": _randn(11, D, seed=3),
+        },  # fmt: skip
         "moco_v3": lambda: {"q": _randn(N, D, seed=1), "k": _randn(N, D, seed=2)},
         "swav": lambda: {"scores": _randn(4, N, K, seed=1), "codes": codes},
-        "dino": lambda: {"student": _randn(4, N, K, seed=1), "teacher": _randn(2, N, K, seed=2),
-                         "center": _randn(K, seed=3) * 0.1},  # fmt: skip
+        "dino": lambda: {
+            "student": _randn(4, N, K, seed=1),
+            "teacher": _randn(2, N, K, seed=2),
+            "center": _randn(K, seed=3) * 0.1,
+        },  # fmt: skip
         "nt_xent": lambda: {"z": _randn(2, N, D, seed=1)},
     }[name]()
 

@@ -14,11 +14,13 @@ def mlp(
     hidden_bn: bool = True,
     last_bn: bool = False,
     last_bn_affine: bool = True,
+    last_bias: bool = True,
 ) -> nn.Sequential:
     """``num_layers`` linear layers; hidden ones are Linear(+BN)+ReLU, the last is bare.
 
     A linear layer followed by BN has no bias (BN's shift replaces it). ``last_bn`` adds a
-    BatchNorm after the last layer, as SimCLR and MoCo v3 heads do.
+    BatchNorm after the last layer, as SimCLR and MoCo v3 heads do; ``last_bias=False`` drops
+    the last layer's bias (Barlow Twins, VICReg).
     """
     if num_layers < 1:
         raise ValueError(f"an MLP needs at least one layer, got {num_layers}")
@@ -30,7 +32,7 @@ def mlp(
             layers.append(nn.BatchNorm1d(hidden_dim))
         layers.append(nn.ReLU(inplace=True))
         dim = hidden_dim
-    layers.append(nn.Linear(dim, out_dim, bias=not last_bn))
+    layers.append(nn.Linear(dim, out_dim, bias=last_bias and not last_bn))
     if last_bn:
         layers.append(nn.BatchNorm1d(out_dim, affine=last_bn_affine))
     return nn.Sequential(*layers)

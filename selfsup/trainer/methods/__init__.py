@@ -48,4 +48,4 @@ def build_method(cfg: Any, backbone: nn.Module, num_features: int) -> nn.Module:
     return method_class(cfg.name)(cfg, backbone, num_features)
 
 
-from selfsup.trainer.methods import simclr  # noqa: E402,F401  (registers)
+from selfsup.trainer.methods import barlow_twins, simclr, vicreg  # noqa: E402,F401  (registers)

@@ -1,0 +1,85 @@
+"""Generic tests over the method registry: a newly registered method is covered by each of them
+once it is listed (with small heads) in ``tests.test_ddp_equality.METHODS``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from selfsup.trainer.methods import METHODS as REGISTRY
+from tests.conftest import TINY_OVERRIDES
+from tests.test_ddp_equality import BASE, METHODS, TINY_CONFIG, _views
+
+NAMES = sorted(REGISTRY)
+
+
+def _build(name, *extra):
+    from selfsup.config import load_config
+    from selfsup.trainer.build import build_model_and_optimizer
+
+    cfg = load_config(TINY_CONFIG, [*BASE, f"method.name={name}", *METHODS[name], *extra])
+    return cfg, build_model_and_optimizer(cfg, torch.device("cpu"))
+
+
+def test_every_registered_method_is_covered():
+    assert set(METHODS) == set(REGISTRY), "list the new method in tests.test_ddp_equality.METHODS"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_method_declares_what_the_trainer_reads(name):
+    from selfsup.pipeline.recipes import RECIPES
+
+    cls = REGISTRY[name]
+    assert cls.recipe in RECIPES and cls.min_views >= 1 and isinstance(cls.sync_bn, bool)
+    assert sys.modules[cls.__module__].__doc__.strip().splitlines()[0].endswith(".")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_reach_every_trainable_parameter(name):
+    cfg, model = _build(name)
+    loss = model.forward(_views(cfg, 0, torch.float32))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    trainable = [(n, p) for n, p in model.method.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"no gradient for {missing}"
+    silent = [
+        n for n, p in model.method.named_parameters() if p.requires_grad and p.grad.abs().sum() == 0
+    ]
+    assert not silent, f"zero gradient for {silent}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip_gives_the_same_loss(name):
+    cfg, a = _build(name)
+    views = _views(cfg, 0, torch.float32)
+    from selfsup.trainer.build import train_step
+
+    train_step(a, views, 0.5, torch.device("cpu"))  # move away from the initial weights
+    _, b = _build(name, "train.seed=1")
+    b.method.load_state_dict(a.method.state_dict())
+    a.method.eval(), b.method.eval()
+    with torch.no_grad():
+        assert torch.equal(a.method(views), b.method(views))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_and_two_steps_through_the_command_line(name, synthetic_root, tmp_path):
+    common = [*TINY_OVERRIDES, *METHODS[name], f"method.name={name}", f"data.path={synthetic_root}",
+              "data.synthetic_train_per_class=12", "data.synthetic_val_per_class=4",
+              f"run_dir={tmp_path}", "eval.knn=false", "train.log_every=1"]  # fmt: skip
+    for steps in (1, 2):
+        out = subprocess.run(
+            [sys.executable, "-m", "selfsup", "pretrain", "--no-progress", "--config",
+             str(TINY_CONFIG), *common,
+             f"train.max_steps={steps}", f"name=s{steps}"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        lines = (tmp_path / f"s{steps}" / "metrics.jsonl").read_text().splitlines()
+        losses = [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+        assert len(losses) == steps and all(map(lambda x: x == x, losses))
