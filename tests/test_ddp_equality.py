@@ -27,7 +27,13 @@ METHODS = {
     "simclr": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
     "barlow_twins": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
     "vicreg": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
-}
+    "byol": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",
+             "method.base_momentum=0.9"],
+    "moco_v2": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.queue_size=24",
+                "method.momentum=0.9"],
+    "moco_v3": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",
+                "method.base_momentum=0.9"],
+}  # fmt: skip
 BASE = [
     "model.arch=resnet18", "model.width=8", "model.small_input=true", "data.size=16",
     "train.device=cpu", "train.channels_last=false", "train.precision=fp32",
@@ -63,10 +69,12 @@ def train_steps(rank: int, world: int, method: str, dtype: str = "float64") -> d
         for step in range(STEPS):
             batch = _views(cfg, step, getattr(torch, dtype))
             views = [v[:, rank * b : (rank + 1) * b] for v in batch]
-            loss = train_step(model, views, 0.5, device)
+            loss = train_step(model, views, 0.5, device, step=step)
             losses.append(distributed.all_reduce_(loss.clone(), "mean").item())
             if step == 0:
-                grads = {n: p.grad.clone() for n, p in model.method.named_parameters()}
+                params = model.method.named_parameters()
+                grads = {n: p.grad.clone() for n, p in params if p.requires_grad}
+        # every parameter, EMA targets included
         weights = {n: p.detach().clone() for n, p in model.method.named_parameters()}
         return {"losses": losses, "grads": grads, "weights": weights}
     finally:
@@ -74,7 +82,10 @@ def train_steps(rank: int, world: int, method: str, dtype: str = "float64") -> d
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+    """Relative difference, with a floor for parameters whose exact gradient is zero (a bias
+    followed by BatchNorm, e.g. BYOL's projector output before the predictor) and which hold
+    only rounding noise (~1e-17 in float64)."""
+    return ((a - b).norm() / b.norm().clamp(min=1e-9)).item()
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -51,6 +51,11 @@ def test_gradients_reach_every_trainable_parameter(name):
         n for n, p in model.method.named_parameters() if p.requires_grad and p.grad.abs().sum() == 0
     ]
     assert not silent, f"zero gradient for {silent}"
+    # targets that follow by EMA, frozen prototypes or layers: no gradient at all
+    leaked = [
+        n for n, p in model.method.named_parameters() if not p.requires_grad and p.grad is not None
+    ]
+    assert not leaked, f"gradient reached frozen parameters {leaked}"
 
 
 @pytest.mark.parametrize("name", NAMES)

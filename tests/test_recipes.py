@@ -46,6 +46,12 @@ SWAV = dict(SIMCLR_STYLE, interpolation="bilinear", blur_kernel="sigma", std=(0.
 # [A.8] dino/main_dino.py DataAugmentationDINO: global (0.4, 1) / local (0.05, 0.4), bicubic,
 # BYOL jitter, PIL blur: global 1.0, global 0.1 + solarize 0.2, local 0.5
 DINO = dict(BYOL_STYLE, blur_kernel="sigma")
+# [A.5] moco/main_moco.py aug+: RRC (0.2, 1) bilinear, jitter (0.4, 0.4, 0.4, 0.1) p 0.8,
+# grayscale 0.2, PIL blur p 0.5, flip; both views alike
+MOCO_V2 = dict(SIMCLR_STYLE, scale=(0.2, 1.0), interpolation="bilinear", brightness=0.4,
+               contrast=0.4, saturation=0.4, hue=0.1, blur_kernel="sigma")  # fmt: skip
+# [A.6] moco-v3/main_moco.py: BYOL's asymmetric pair, --crop-min .2, bilinear, PIL blur
+MOCO_V3 = dict(scale=(0.2, 1.0), interpolation="bilinear", blur_kernel="sigma")
 NOTHING_BUT_CROP = dict(  # [A.12] the evaluation transforms: crop, bilinear, no colour
     count=1, interpolation="bilinear", jitter_p=0.0, grayscale_p=0.0, blur_p=0.0,
     solarize_p=0.0, mask_p=0.0,
@@ -53,6 +59,11 @@ NOTHING_BUT_CROP = dict(  # [A.12] the evaluation transforms: crop, bilinear, no
 PUBLISHED = {
     "simclr": [dict(SIMCLR_STYLE, size=224, count=2)],
     "byol": [dict(BYOL_VIEW1, size=224, count=1), dict(BYOL_VIEW2, size=224, count=1)],
+    "moco_v2": [dict(MOCO_V2, size=224, count=2)],
+    "moco_v3": [
+        dict(BYOL_VIEW1, size=224, count=1, **MOCO_V3),
+        dict(BYOL_VIEW2, size=224, count=1, **MOCO_V3),
+    ],
     "swav": [
         dict(SWAV, size=224, count=2, scale=(0.14, 1.0)),
         dict(SWAV, size=96, count=6, scale=(0.05, 0.14)),

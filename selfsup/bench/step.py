@@ -113,7 +113,7 @@ def bench_step(cfg: Config, steps: int = 20, warmup: int = 3, progress: bool = T
     with distributed.together("setting up the benchmark"):
         launch = describe_launch(cfg, device)
         loader = build_loader(cfg, device, launch, progress=main)
-    model = build_model_and_optimizer(cfg, device)
+    model = build_model_and_optimizer(cfg, device, cfg.train.epochs * len(loader))
     lr_at = lr_schedule(cfg, model.base_lr, len(loader))
     per_rank = launch.per_process_batch
     bar = tqdm(total=3 * (warmup + steps), disable=not (progress and main), unit="step",
@@ -141,7 +141,7 @@ def bench_step(cfg: Config, steps: int = 20, warmup: int = 3, progress: bool = T
                 _sync(device)
                 timer, t0 = PhaseTimer(device), time.perf_counter()
             timer.start()
-            train_step(model, views, lr_at(i), device, timer.mark)
+            train_step(model, views, lr_at(i), device, timer.mark, step=i)
             bar.update()
         _sync(device)
         model_rate = _global_rate(per_rank, steps, time.perf_counter() - t0, device)
@@ -159,7 +159,7 @@ def bench_step(cfg: Config, steps: int = 20, warmup: int = 3, progress: bool = T
             timer.add("data_wait", time.perf_counter() - t_wait)
             if timer.cuda:  # the delivery's device work (copies waited on, augmentation)
                 timer.mark("augment")
-            train_step(model, batch.views, lr_at(i), device, timer.mark)
+            train_step(model, batch.views, lr_at(i), device, timer.mark, step=i)
             bar.update()
         _sync(device)
         e2e_rate = _global_rate(per_rank, steps, time.perf_counter() - t0, device)

@@ -35,7 +35,8 @@ def _byol_pair(size: int, count: int = 1, **kw) -> list[ViewSpec]:
     bicubic RRC (0.08, 1), flip, BYOL jitter, grayscale 0.2, blur sigma U[0.1, 2] with a
     kernel of 10% of the side (224 -> 23 taps); view 1 blur p=1.0 and no solarize, view 2
     blur p=0.1 and solarize p=0.2."""
-    common = {"size": size, "count": count, "blur_kernel": "relative", **_BYOL_JITTER, **kw}
+    common = {"size": size, "count": count, "blur_kernel": "relative", **_BYOL_JITTER}
+    common.update(kw)
     return [
         ViewSpec(blur_p=1.0, solarize_p=0.0, **common),
         ViewSpec(blur_p=0.1, solarize_p=0.2, **common),
@@ -44,6 +45,24 @@ def _byol_pair(size: int, count: int = 1, **kw) -> list[ViewSpec]:
 
 def _byol(size: int = 224) -> list[ViewSpec]:
     return _byol_pair(size)
+
+
+def _moco_v2(size: int = 224) -> list[ViewSpec]:
+    # MoCo v2 "aug+" [A.5; moco/main_moco.py]: torchvision RRC (0.2, 1) bilinear, flip,
+    # ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, grayscale 0.2, PIL blur p=0.5 sigma U[0.1, 2]
+    # (kernel from sigma), no solarize; both views alike.
+    return [
+        ViewSpec(
+            size=size, count=2, scale=(0.2, 1.0), interpolation="bilinear", brightness=0.4,
+            contrast=0.4, saturation=0.4, hue=0.1, blur_kernel="sigma",
+        )
+    ]  # fmt: skip
+
+
+def _moco_v3(size: int = 224) -> list[ViewSpec]:
+    # MoCo v3 [A.6; moco-v3/main_moco.py]: BYOL's asymmetric pair with torchvision's bilinear
+    # RRC from --crop-min .2 (all published recipes), PIL blur (kernel from sigma).
+    return _byol_pair(size, scale=(0.2, 1.0), interpolation="bilinear", blur_kernel="sigma")
 
 
 def _swav(size: int = 224) -> list[ViewSpec]:
@@ -116,6 +135,8 @@ def _center_crop_eval(size: int = 224) -> list[ViewSpec]:
 RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {
     "simclr": _simclr,
     "byol": _byol,
+    "moco_v2": _moco_v2,
+    "moco_v3": _moco_v3,
     "swav": _swav,
     "dino": _dino,
     "relicv2": _relicv2,

@@ -142,9 +142,10 @@ class Model:
     amp_dtype: torch.dtype | None
     base_lr: float
     input_dtype: torch.dtype | None = None  # views are cast to it (fp64 runs)
+    total_steps: int = 1  # the run's length, for the methods' schedules (EMA momentum)
 
 
-def build_model_and_optimizer(cfg: Config, device: torch.device) -> Model:
+def build_model_and_optimizer(cfg: Config, device: torch.device, total_steps: int = 1) -> Model:
     """The same initial weights on every rank (seeded), BatchNorm over the global batch when
     ``train.sync_bn`` and W > 1, DDP across processes (gradients averaged, overlapping
     backward; no buffer broadcast: with global BN every rank's running statistics are equal,
@@ -182,8 +183,9 @@ def build_model_and_optimizer(cfg: Config, device: torch.device) -> Model:
         )
         forward = ddp(method, device_ids=ids, **no_sync)
     return Model(
-        method, forward, optimizer, scaler, amp_dtype, base_lr, torch.float64 if fp64 else None
-    )
+        method, forward, optimizer, scaler, amp_dtype, base_lr,
+        torch.float64 if fp64 else None, total_steps,
+    )  # fmt: skip
 
 
 def lr_schedule(cfg: Config, base_lr: float, steps_per_epoch: int):
@@ -199,12 +201,15 @@ def lr_schedule(cfg: Config, base_lr: float, steps_per_epoch: int):
 
 
 def train_step(
-    model: Model, views: list[torch.Tensor], lr: float, device, mark=None
+    model: Model, views: list[torch.Tensor], lr: float, device, mark=None, step: int = 0
 ) -> torch.Tensor:
-    """One optimisation step; returns the detached local loss (still on the device).
+    """One optimisation step (``step``: its index in the run); returns the detached local loss
+    (still on the device).
 
-    ``mark(phase)``, when given, is called after the forward, backward and optimizer phases
-    (``selfsup bench step`` times them with it; it must not synchronise on its own)."""
+    After the optimizer, a method's ``after_step(step, total_steps)`` runs when it has one
+    (EMA targets, queues). ``mark(phase)``, when given, is called after the forward, backward
+    and optimizer phases (``selfsup bench step`` times them with it; it must not synchronise
+    on its own)."""
     for group in model.optimizer.param_groups:
         group["lr"] = lr
     if model.input_dtype is not None:
@@ -219,6 +224,9 @@ def train_step(
         mark("backward")
     model.scaler.step(model.optimizer)
     model.scaler.update()
+    after_step = getattr(model.method, "after_step", None)
+    if after_step is not None:
+        after_step(step, model.total_steps)
     if mark:
         mark("optimizer")
     return loss.detach()

@@ -118,11 +118,11 @@ def pretrain(
     if main:
         _log(run_dir / "launches.jsonl", {"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
              "resumed_at_step": int(state["step"]) if state else 0, **launch.record()})  # fmt: skip
-    model = build_model_and_optimizer(cfg, device)
-    method, optimizer, scaler = model.method, model.optimizer, model.scaler
-
     steps_per_epoch = len(loader)
     total_steps = cfg.train.epochs * steps_per_epoch
+    model = build_model_and_optimizer(cfg, device, total_steps)
+    method, optimizer, scaler = model.method, model.optimizer, model.scaler
+
     last_step = min(total_steps, cfg.train.max_steps or total_steps)
     lr_at = lr_schedule(cfg, model.base_lr, steps_per_epoch)
 
@@ -192,7 +192,7 @@ def pretrain(
         while step < last_step:
             loader.set_epoch(step // steps_per_epoch)
             for batch in loader:
-                loss = train_step(model, batch.views, lr_at(step), device)
+                loss = train_step(model, batch.views, lr_at(step), device, step=step)
                 nonfinite |= ~torch.isfinite(loss)
                 step += 1
                 bar.update(1)

@@ -48,4 +48,11 @@ def build_method(cfg: Any, backbone: nn.Module, num_features: int) -> nn.Module:
     return method_class(cfg.name)(cfg, backbone, num_features)
 
 
-from selfsup.trainer.methods import barlow_twins, simclr, vicreg  # noqa: E402,F401  (registers)
+from selfsup.trainer.methods import (  # noqa: E402,F401  (registers)
+    barlow_twins,
+    byol,
+    moco_v2,
+    moco_v3,
+    simclr,
+    vicreg,
+)
