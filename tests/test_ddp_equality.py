@@ -33,6 +33,8 @@ METHODS = {
                 "method.momentum=0.9"],
     "moco_v3": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",
                 "method.base_momentum=0.9"],
+    "swav": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.num_prototypes=10",
+             "method.freeze_prototypes_iters=1"],
 }  # fmt: skip
 BASE = [
     "model.arch=resnet18", "model.width=8", "model.small_input=true", "data.size=16",
@@ -73,7 +75,7 @@ def train_steps(rank: int, world: int, method: str, dtype: str = "float64") -> d
             losses.append(distributed.all_reduce_(loss.clone(), "mean").item())
             if step == 0:
                 params = model.method.named_parameters()
-                grads = {n: p.grad.clone() for n, p in params if p.requires_grad}
+                grads = {n: p.grad.clone() for n, p in params if p.grad is not None}
         # every parameter, EMA targets included
         weights = {n: p.detach().clone() for n, p in model.method.named_parameters()}
         return {"losses": losses, "grads": grads, "weights": weights}

@@ -206,8 +206,9 @@ def train_step(
     """One optimisation step (``step``: its index in the run); returns the detached local loss
     (still on the device).
 
-    After the optimizer, a method's ``after_step(step, total_steps)`` runs when it has one
-    (EMA targets, queues). ``mark(phase)``, when given, is called after the forward, backward
+    A method's ``after_backward(step)`` runs between backward and the optimizer, and its
+    ``after_step(step, total_steps)`` after the optimizer (EMA targets, queues), when it has
+    them. ``mark(phase)``, when given, is called after the forward, backward
     and optimizer phases (``selfsup bench step`` times them with it; it must not synchronise
     on its own)."""
     for group in model.optimizer.param_groups:
@@ -220,6 +221,9 @@ def train_step(
         mark("forward")
     model.optimizer.zero_grad(set_to_none=True)
     model.scaler.scale(loss).backward()  # DDP's gradient all-reduce overlaps this
+    after_backward = getattr(model.method, "after_backward", None)
+    if after_backward is not None:  # e.g. SwAV drops its prototypes' gradient while frozen
+        after_backward(step)
     if mark:
         mark("backward")
     model.scaler.step(model.optimizer)

@@ -54,5 +54,6 @@ from selfsup.trainer.methods import (  # noqa: E402,F401  (registers)
     moco_v2,
     moco_v3,
     simclr,
+    swav,
     vicreg,
 )
