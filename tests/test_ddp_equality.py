@@ -35,6 +35,9 @@ METHODS = {
                 "method.base_momentum=0.9"],
     "swav": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.num_prototypes=10",
              "method.freeze_prototypes_iters=1"],
+    "dino": ["method.out_dim=20", "method.hidden_dim=32", "method.bottleneck_dim=16",
+             "method.base_momentum=0.9", "method.freeze_last_layer_epochs=0",
+             "method.warmup_teacher_temp_epochs=1", "method.teacher_temp=0.07"],
 }  # fmt: skip
 BASE = [
     "model.arch=resnet18", "model.width=8", "model.small_input=true", "data.size=16",

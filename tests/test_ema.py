@@ -40,7 +40,7 @@ def test_byol_target_follows_the_online_network_after_a_step():
 
     method = model.method
     target_before = [p.clone() for p in method.target_projector.parameters()]
-    model.total_steps = 10
+    method.total_steps = 10
     train_step(model, _views(cfg, 0, torch.float32), 0.5, torch.device("cpu"), step=3)
     m = cosine_momentum(cfg.method.base_momentum, 3, 10)
     for t, b, o in zip(method.target_projector.parameters(), target_before,
@@ -61,9 +61,9 @@ def test_moco_v2_enqueues_the_normalised_keys_and_wraps():
     keys = []
     original = method.after_step
 
-    def recording_after_step(step, total):
+    def recording_after_step():
         keys.append(F.normalize(method._keys.float(), dim=1).clone())  # what forward computed
-        original(step, total)
+        original()
 
     method.after_step = recording_after_step
     for step in range(2):

@@ -113,7 +113,7 @@ def bench_step(cfg: Config, steps: int = 20, warmup: int = 3, progress: bool = T
     with distributed.together("setting up the benchmark"):
         launch = describe_launch(cfg, device)
         loader = build_loader(cfg, device, launch, progress=main)
-    model = build_model_and_optimizer(cfg, device, cfg.train.epochs * len(loader))
+    model = build_model_and_optimizer(cfg, device, cfg.train.epochs * len(loader), len(loader))
     lr_at = lr_schedule(cfg, model.base_lr, len(loader))
     per_rank = launch.per_process_batch
     bar = tqdm(total=3 * (warmup + steps), disable=not (progress and main), unit="step",

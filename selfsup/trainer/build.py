@@ -145,7 +145,9 @@ class Model:
     total_steps: int = 1  # the run's length, for the methods' schedules (EMA momentum)
 
 
-def build_model_and_optimizer(cfg: Config, device: torch.device, total_steps: int = 1) -> Model:
+def build_model_and_optimizer(
+    cfg: Config, device: torch.device, total_steps: int = 1, steps_per_epoch: int = 1
+) -> Model:
     """The same initial weights on every rank (seeded), BatchNorm over the global batch when
     ``train.sync_bn`` and W > 1, DDP across processes (gradients averaged, overlapping
     backward; no buffer broadcast: with global BN every rank's running statistics are equal,
@@ -153,6 +155,8 @@ def build_model_and_optimizer(cfg: Config, device: torch.device, total_steps: in
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg)
     method = build_method(cfg.method, backbone, backbone.num_features)
+    # the run's length, for the methods' own schedules (EMA momentum, warm-ups, freezing)
+    method.step, method.total_steps, method.steps_per_epoch = 0, total_steps, steps_per_epoch
     if cfg.train.sync_bn and distributed.world_size() > 1:
         method = convert_sync_bn(method, device.type)
     fp64 = cfg.train.precision == "fp64"
@@ -206,15 +210,16 @@ def train_step(
     """One optimisation step (``step``: its index in the run); returns the detached local loss
     (still on the device).
 
-    A method's ``after_backward(step)`` runs between backward and the optimizer, and its
-    ``after_step(step, total_steps)`` after the optimizer (EMA targets, queues), when it has
-    them. ``mark(phase)``, when given, is called after the forward, backward
-    and optimizer phases (``selfsup bench step`` times them with it; it must not synchronise
-    on its own)."""
+    The method's ``step`` attribute is set to ``step`` before its forward; its
+    ``after_backward()`` runs between backward and the optimizer, and its ``after_step()``
+    after the optimizer (EMA targets, queues, centres), when it has them. ``mark(phase)``,
+    when given, is called after the forward, backward and optimizer phases (``selfsup bench
+    step`` times them with it; it must not synchronise on its own)."""
     for group in model.optimizer.param_groups:
         group["lr"] = lr
     if model.input_dtype is not None:
         views = [v.to(model.input_dtype) for v in views]
+    model.method.step = step  # a host int: schedules inside the method need no sync
     with torch.autocast(device.type, dtype=model.amp_dtype, enabled=model.amp_dtype is not None):
         loss = model.forward(views)
     if mark:
@@ -223,14 +228,14 @@ def train_step(
     model.scaler.scale(loss).backward()  # DDP's gradient all-reduce overlaps this
     after_backward = getattr(model.method, "after_backward", None)
     if after_backward is not None:  # e.g. SwAV drops its prototypes' gradient while frozen
-        after_backward(step)
+        after_backward()
     if mark:
         mark("backward")
     model.scaler.step(model.optimizer)
     model.scaler.update()
     after_step = getattr(model.method, "after_step", None)
     if after_step is not None:
-        after_step(step, model.total_steps)
+        after_step()
     if mark:
         mark("optimizer")
     return loss.detach()

@@ -120,7 +120,7 @@ def pretrain(
              "resumed_at_step": int(state["step"]) if state else 0, **launch.record()})  # fmt: skip
     steps_per_epoch = len(loader)
     total_steps = cfg.train.epochs * steps_per_epoch
-    model = build_model_and_optimizer(cfg, device, total_steps)
+    model = build_model_and_optimizer(cfg, device, total_steps, steps_per_epoch)
     method, optimizer, scaler = model.method, model.optimizer, model.scaler
 
     last_step = min(total_steps, cfg.train.max_steps or total_steps)

@@ -9,8 +9,11 @@ list of view tensors, one ``[V, B, 3, S, S]`` per size. Under W processes ``forw
 rank's B = global batch / W samples and returns its local part of the loss, such that DDP's
 average of the ranks' gradients is the gradient of the single-process loss on the global
 batch; it reaches other ranks only through ``selfsup.distributed``'s autograd-aware
-collectives. A new method is one new file here plus one YAML recipe. Methods never import
-the config layer; it imports this registry.
+collectives. Optional hooks: ``after_backward()`` (between backward and the optimizer) and
+``after_step()`` (after it: EMA targets, queues, centres); the trainer sets ``step`` (this
+step's index, before forward), ``total_steps`` and ``steps_per_epoch`` on the method for
+their schedules, as host ints. A new method is one new file here plus one YAML recipe.
+Methods never import the config layer; it imports this registry.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def build_method(cfg: Any, backbone: nn.Module, num_features: int) -> nn.Module:
 from selfsup.trainer.methods import (  # noqa: E402,F401  (registers)
     barlow_twins,
     byol,
+    dino,
     moco_v2,
     moco_v3,
     simclr,

@@ -59,7 +59,7 @@ class BYOL(nn.Module):
         return total * (2 / len(pairs))
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        m = cosine_momentum(self.cfg.base_momentum, step, total_steps)
+    def after_step(self) -> None:
+        m = cosine_momentum(self.cfg.base_momentum, self.step, self.total_steps)
         ema_update_(self.target_backbone, self.backbone, m)
         ema_update_(self.target_projector, self.projector, m)

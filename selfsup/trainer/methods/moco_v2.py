@@ -69,7 +69,7 @@ class MoCoV2(nn.Module):
         return loss
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
+    def after_step(self) -> None:
         ema_update_(self.key_backbone, self.backbone, self.cfg.momentum)
         ema_update_(self.key_projector, self.projector, self.cfg.momentum)
         if self._keys is not None:

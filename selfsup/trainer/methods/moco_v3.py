@@ -59,7 +59,7 @@ class MoCoV3(nn.Module):
         return losses.moco_v3(q[0], k[1], t) + losses.moco_v3(q[1], k[0], t)
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        m = cosine_momentum(self.cfg.base_momentum, step, total_steps)
+    def after_step(self) -> None:
+        m = cosine_momentum(self.cfg.base_momentum, self.step, self.total_steps)
         ema_update_(self.momentum_backbone, self.backbone, m)
         ema_update_(self.momentum_projector, self.projector, m)

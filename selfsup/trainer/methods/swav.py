@@ -68,6 +68,6 @@ class SwAV(nn.Module):
             )
         return losses.swav(scores, codes, self.cfg.temperature)
 
-    def after_backward(self, step: int) -> None:
-        if step < self.cfg.freeze_prototypes_iters:
+    def after_backward(self) -> None:
+        if self.step < self.cfg.freeze_prototypes_iters:
             self.prototypes.weight.grad = None
