@@ -25,6 +25,7 @@ TOL = 1e-5  # relative, per parameter (norm of the difference / norm of the refe
 # checks that no registered method is missing here)
 METHODS = {
     "simclr": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
+    "simclrv2": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
     "barlow_twins": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
     "vicreg": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
     "byol": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",

@@ -89,3 +89,14 @@ def test_one_and_two_steps_through_the_command_line(name, synthetic_root, tmp_pa
         lines = (tmp_path / f"s{steps}" / "metrics.jsonl").read_text().splitlines()
         losses = [r["loss"] for r in map(json.loads, lines) if "loss" in r]
         assert len(losses) == steps and all(map(lambda x: x == x, losses))
+
+
+def test_simclrv2_head_blocks_are_the_trained_first_layers():
+    _, model = _build("simclrv2")
+    method = model.method
+    first = method.head_blocks(1)
+    assert [type(m) for m in first] == [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU]
+    assert first[0] is method.projector[0]  # the same module: its trained weights
+    assert len(method.head_blocks(2)) == 6
+    with pytest.raises(ValueError, match="hidden layers"):
+        method.head_blocks(3)

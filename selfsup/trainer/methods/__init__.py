@@ -58,6 +58,7 @@ from selfsup.trainer.methods import (  # noqa: E402,F401  (registers)
     moco_v2,
     moco_v3,
     simclr,
+    simclrv2,
     swav,
     vicreg,
 )
