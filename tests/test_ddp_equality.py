@@ -36,6 +36,7 @@ METHODS = {
                 "method.base_momentum=0.9"],
     "swav": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.num_prototypes=10",
              "method.freeze_prototypes_iters=1"],
+    "rotnet": [],
     "dino": ["method.out_dim=20", "method.hidden_dim=32", "method.bottleneck_dim=16",
              "method.base_momentum=0.9", "method.freeze_last_layer_epochs=0",
              "method.warmup_teacher_temp_epochs=1", "method.teacher_temp=0.07"],
@@ -44,6 +45,9 @@ BASE = [
     "model.arch=resnet18", "model.width=8", "model.small_input=true", "data.size=16",
     "train.device=cpu", "train.channels_last=false", "train.precision=fp32",
     f"train.batch_size={GLOBAL_BATCH}", "optim.warmup_epochs=0", "train.threads=1",
+    # global BN for every method, so that the equality is exact (with per-process BN, as
+    # RotNet's recipe has by default, each process normalises its own half of the batch)
+    "train.sync_bn=true",
 ]  # fmt: skip
 
 

@@ -100,3 +100,15 @@ def test_simclrv2_head_blocks_are_the_trained_first_layers():
     assert len(method.head_blocks(2)) == 6
     with pytest.raises(ValueError, match="hidden layers"):
         method.head_blocks(3)
+
+
+def test_rotnet_rotates_every_image_four_ways_on_the_device():
+    from selfsup.trainer.methods.rotnet import rotations
+
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    rotated, labels = rotations(x.contiguous(memory_format=torch.channels_last))
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    for k in range(4):
+        for i in range(2):
+            assert torch.equal(rotated[k * 2 + i], torch.rot90(x[i], k, dims=(1, 2)))
+    assert rotated.is_contiguous(memory_format=torch.channels_last)

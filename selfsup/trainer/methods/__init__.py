@@ -57,6 +57,7 @@ from selfsup.trainer.methods import (  # noqa: E402,F401  (registers)
     dino,
     moco_v2,
     moco_v3,
+    rotnet,
     simclr,
     simclrv2,
     swav,
