@@ -37,6 +37,7 @@ METHODS = {
     "swav": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.num_prototypes=10",
              "method.freeze_prototypes_iters=1"],
     "rotnet": [],
+    "jigsaw": ["method.num_permutations=10", "method.tile_dim=16"],
     "dino": ["method.out_dim=20", "method.hidden_dim=32", "method.bottleneck_dim=16",
              "method.base_momentum=0.9", "method.freeze_last_layer_epochs=0",
              "method.warmup_teacher_temp_epochs=1", "method.teacher_temp=0.07"],

@@ -81,6 +81,8 @@ PUBLISHED = {
         dict(BYOL_VIEW1, size=96, count=1, scale=(0.05, 0.14), mask_p=0.0),
         dict(BYOL_VIEW2, size=96, count=1, scale=(0.05, 0.14), mask_p=0.0),
     ],
+    # [A.13] grayscale 0.66 (Goyal'19); the crop is the recipe's own choice, not a source's
+    "jigsaw": [dict(NOTHING_BUT_CROP, size=224, scale=(0.4, 1.0), flip_p=0.5, grayscale_p=0.66)],
     # [A.12] the linear-probe train transform: RandomResizedCrop 224 (bilinear) + flip
     "supervised": [dict(NOTHING_BUT_CROP, size=224, scale=(0.08, 1.0), flip_p=0.5)],
     # [A.12] Resize 256 + CenterCrop 224 (bilinear), nothing random

@@ -119,6 +119,19 @@ def _supervised(size: int = 224) -> list[ViewSpec]:
     ]
 
 
+def _jigsaw(size: int = 224) -> list[ViewSpec]:
+    # Jigsaw [A.13]: one view cut into 3x3 tiles by the method; grayscale p=0.66 against
+    # chromatic-aberration shortcuts (Goyal et al. 2019); no colour jitter or blur. The crop
+    # is chosen here (no primary source pinned in the reference): a random resized crop of at
+    # least 40% of the image, bilinear, and flip (the paper crops 255 of a 256 resize).
+    return [
+        ViewSpec(
+            size=size, scale=(0.4, 1.0), interpolation="bilinear", jitter_p=0.0,
+            grayscale_p=0.66, blur_p=0.0,
+        )
+    ]  # fmt: skip
+
+
 def _center_crop_eval(size: int = 224) -> list[ViewSpec]:
     # The evaluation transform [A.12]: Resize 256 + CenterCrop 224, i.e. the central
     # 0.875 of the shorter side, bilinear, no random ops.
@@ -140,6 +153,7 @@ RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {
     "swav": _swav,
     "dino": _dino,
     "relicv2": _relicv2,
+    "jigsaw": _jigsaw,
     "supervised": _supervised,
     "center_crop_eval": _center_crop_eval,
 }

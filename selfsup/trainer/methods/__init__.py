@@ -55,6 +55,7 @@ from selfsup.trainer.methods import (  # noqa: E402,F401  (registers)
     barlow_twins,
     byol,
     dino,
+    jigsaw,
     moco_v2,
     moco_v3,
     rotnet,
