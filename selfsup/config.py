@@ -61,12 +61,16 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = choice("lars", "lars", "sgd", "adamw")
+    name: str = choice("lars", "lars", "larc", "sgd", "adamw")  # larc: SwAV's LARS variant
     lr: float = bounded(0.3, 0.0)  # base learning rate, scaled by lr_scaling
     lr_scaling: str = choice("linear", "linear", "sqrt", "none")  # linear: lr*bs/256
     final_lr_fraction: float = bounded(0.0, 0.0, 1.0)  # cosine ends at lr * this
     warmup_epochs: float = bounded(10.0, 0.0)
     weight_decay: float = bounded(1e-6, 0.0)
+    # None: constant; else cosine from weight_decay to this over the run (DINO: 0.04 -> 0.4)
+    weight_decay_end: float | None = None
+    # lr of biases and norms, before lr_scaling (Barlow Twins: 0.0048); None: optim.lr
+    lr_1d: float | None = None
     momentum: float = bounded(0.9, 0.0, 1.0)
     exclude_1d: bool = True  # no weight decay / LARS adaptation on biases and norm params
 

@@ -253,3 +253,33 @@ def test_lars_trains_a_model() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_larc_ratio_and_update_follow_apex_larc():
+    from selfsup.trainer.optim import LARS
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    w0 = w.detach().clone()
+    w.grad = torch.randn(4, 3)
+    g = w.grad.clone()
+    opt = LARS([w], lr=0.5, momentum=0.9, weight_decay=0.1, eta=0.001, larc=True)
+    opt.step()
+    trust = 0.001 * w0.norm() / (g.norm() + 0.1 * w0.norm())  # apex LARC, clip=False
+    assert torch.allclose(w.detach(), w0 - 0.5 * trust * (g + 0.1 * w0), atol=1e-7)
+
+
+def test_biases_and_norms_take_their_own_learning_rate_and_weight_decay_can_follow_a_cosine():
+    from selfsup.trainer.build import build_model_and_optimizer, train_step
+    from tests.test_ddp_equality import _views
+    from tests.test_methods import _build
+
+    cfg, _ = _build("barlow_twins", "optim.lr=0.2", "optim.lr_1d=0.0048",
+                    "optim.weight_decay=0.04", "optim.weight_decay_end=0.4")  # fmt: skip
+    model = build_model_and_optimizer(cfg, torch.device("cpu"), total_steps=10)
+    train_step(model, _views(cfg, 0, torch.float32), 1.0, torch.device("cpu"), step=5)
+    groups = {g["name"]: g for g in model.optimizer.param_groups}
+    assert groups["decay"]["lr"] == 1.0
+    assert abs(groups["no_decay"]["lr"] - 0.0048 / 0.2) < 1e-12
+    assert abs(groups["decay"]["weight_decay"] - (0.4 + (0.04 - 0.4) * 0.5)) < 1e-12
+    assert groups["no_decay"]["weight_decay"] == 0.0

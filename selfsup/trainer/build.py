@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import socket
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,7 +27,7 @@ from selfsup.pipeline.loader import Loader
 from selfsup.pipeline.sources import open_split
 from selfsup.trainer.methods import build_method
 from selfsup.trainer.models import build_model
-from selfsup.trainer.optim import build_optimizer, param_groups, warmup_cosine
+from selfsup.trainer.optim import build_optimizer, cosine, param_groups, warmup_cosine
 from selfsup.trainer.sync_bn import convert_sync_bn
 
 
@@ -143,6 +144,7 @@ class Model:
     base_lr: float
     input_dtype: torch.dtype | None = None  # views are cast to it (fp64 runs)
     total_steps: int = 1  # the run's length, for the methods' schedules (EMA momentum)
+    wd_at: Callable[[int], float] | None = None  # step -> weight decay, when scheduled
 
 
 def build_model_and_optimizer(
@@ -167,7 +169,9 @@ def build_model_and_optimizer(
         # In place, so parameter names (checkpoints, exported weights) stay the same. Static
         # shapes: each view size (224 and 96 in multi-crop) gets its own graph.
         method.backbone.compile(dynamic=False)
-    groups = param_groups(method, cfg.optim.weight_decay, cfg.optim.exclude_1d)
+    o = cfg.optim
+    lr_scale_1d = 1.0 if o.lr_1d is None or o.lr == 0 else o.lr_1d / o.lr
+    groups = param_groups(method, o.weight_decay, o.exclude_1d, lr_scale_1d)
     base_lr = scaled_lr(cfg)
     optimizer = build_optimizer(
         cfg.optim.name, groups, base_lr, cfg.optim.weight_decay, momentum=cfg.optim.momentum
@@ -186,9 +190,15 @@ def build_model_and_optimizer(
             else {"broadcast_buffers": False}
         )
         forward = ddp(method, device_ids=ids, **no_sync)
+    wd_at = None
+    if o.weight_decay_end is not None:
+
+        def wd_at(step: int) -> float:
+            return cosine(step, total_steps, o.weight_decay, o.weight_decay_end)
+
     return Model(
         method, forward, optimizer, scaler, amp_dtype, base_lr,
-        torch.float64 if fp64 else None, total_steps,
+        torch.float64 if fp64 else None, total_steps, wd_at,
     )  # fmt: skip
 
 
@@ -215,8 +225,11 @@ def train_step(
     after the optimizer (EMA targets, queues, centres), when it has them. ``mark(phase)``,
     when given, is called after the forward, backward and optimizer phases (``selfsup bench
     step`` times them with it; it must not synchronise on its own)."""
+    wd = None if model.wd_at is None else model.wd_at(step)
     for group in model.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        if wd is not None and group.get("name") == "decay":
+            group["weight_decay"] = wd
     if model.input_dtype is not None:
         views = [v.to(model.input_dtype) for v in views]
     model.method.step = step  # a host int: schedules inside the method need no sync

@@ -4,7 +4,9 @@ LARS follows the FB family (Barlow Twins, VICReg, DINO, MoCo v3), whose math equ
 ``d = g + wd*w``, ``d *= eta*||w||/||d||``, ``mu = m*mu + d``, ``w -= lr*mu``. Biases and norm
 parameters (``ndim <= 1``) get neither weight decay nor adaptation; :func:`param_groups` puts
 them in a group flagged ``lars_exclude``. ``param_groups(..., exclude_1d=False)`` adapts every
-parameter, like SwAV's apex LARC (whose ratio, eta*||w||/(||g|| + wd*||w||), differs slightly).
+parameter. LARC (SwAV's optimiser, apex's LARC with ``clip=False``) is the same loop with its
+own ratio, ``eta*||w|| / (||g|| + wd*||w||)``, applied to ``g + wd*w``; SwAV adapts every
+parameter with it (``exclude_1d: false``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class LARS(torch.optim.Optimizer):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         eta: float = 0.001,
+        larc: bool = False,
     ):
         if lr < 0 or momentum < 0 or weight_decay < 0 or eta <= 0:
             raise ConfigError(
@@ -46,6 +49,7 @@ class LARS(torch.optim.Optimizer):
             "weight_decay": weight_decay,
             "eta": eta,
             "lars_exclude": False,
+            "larc": larc,
         }
         super().__init__(params, defaults)
 
@@ -76,7 +80,10 @@ class LARS(torch.optim.Optimizer):
                 # New tensors: p.grad itself is never modified.
                 update = torch._foreach_add(grads, params, alpha=wd) if wd else list(grads)
                 p_norm = torch.stack(torch._foreach_norm(params))
-                d_norm = torch.stack(torch._foreach_norm(update))
+                if group["larc"]:  # ||g|| + wd * ||w||
+                    d_norm = torch.stack(torch._foreach_norm(grads)) + wd * p_norm
+                else:  # ||g + wd * w||
+                    d_norm = torch.stack(torch._foreach_norm(update))
                 # Zero weights (fresh layers) or zero updates keep the plain step, never NaN.
                 ok = (p_norm > 0) & (d_norm > 0)
                 trust = torch.where(ok, group["eta"] * p_norm / d_norm.clamp_min(1e-30), 1.0)
@@ -89,12 +96,14 @@ class LARS(torch.optim.Optimizer):
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, exclude_1d: bool = True
+    model: nn.Module, weight_decay: float, exclude_1d: bool = True, lr_scale_1d: float = 1.0
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into ``decay`` (ndim > 1) and ``no_decay`` (biases, norms).
 
-    The ``no_decay`` group has ``weight_decay=0.0`` and ``lars_exclude=True``; with
-    ``exclude_1d=False`` every parameter goes in one ``decay`` group. Empty groups are dropped.
+    The ``no_decay`` group has ``weight_decay=0.0``, ``lars_exclude=True`` and ``lr_scale``
+    ``lr_scale_1d`` (its learning rate is the schedule's times that: Barlow Twins' own rate for
+    biases and norms); with ``exclude_1d=False`` every parameter goes in one ``decay`` group.
+    Empty groups are dropped.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not exclude_1d:
@@ -103,12 +112,18 @@ def param_groups(
     no_decay = [p for p in trainable if p.ndim <= 1]
     groups = [
         {"name": "decay", "params": decay, "weight_decay": weight_decay},
-        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
+        {
+            "name": "no_decay",
+            "params": no_decay,
+            "weight_decay": 0.0,
+            "lars_exclude": True,
+            "lr_scale": lr_scale_1d,
+        },  # fmt: skip
     ]
     return [g for g in groups if g["params"]]
 
 
-OPTIMIZERS = ("lars", "sgd", "adamw")
+OPTIMIZERS = ("lars", "larc", "sgd", "adamw")
 
 
 def build_optimizer(
@@ -120,8 +135,9 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.Optimizer:
     """Build an optimiser by name; a group's own ``weight_decay`` wins over ``weight_decay``."""
-    if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name in ("lars", "larc"):
+        larc = name == "larc"
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, larc=larc)
     if name == "sgd":
         return torch.optim.SGD(
             groups, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True
@@ -131,6 +147,12 @@ def build_optimizer(
             groups, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True
         )
     raise ConfigError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+
+
+def cosine(step: int, total_steps: int, start: float, end: float) -> float:
+    """Cosine from ``start`` at step 0 to ``end`` at ``total_steps`` (DINO's weight decay)."""
+    progress = min(step / max(total_steps, 1), 1.0)
+    return end + (start - end) * (1 + math.cos(math.pi * progress)) / 2
 
 
 def warmup_cosine(
