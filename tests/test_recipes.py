@@ -73,6 +73,12 @@ PUBLISHED = {
         dict(DINO, size=224, count=1, scale=(0.4, 1.0), blur_p=0.1, solarize_p=0.2),
         dict(DINO, size=96, count=8, scale=(0.05, 0.4), blur_p=0.5, solarize_p=0.0),
     ],
+    # [A.8] the README's ResNet-50 run: --global_crops_scale 0.14 1 --local_crops_scale 0.05 0.14
+    "dino_resnet": [
+        dict(DINO, size=224, count=1, scale=(0.14, 1.0), blur_p=1.0, solarize_p=0.0),
+        dict(DINO, size=224, count=1, scale=(0.14, 1.0), blur_p=0.1, solarize_p=0.2),
+        dict(DINO, size=96, count=8, scale=(0.05, 0.14), blur_p=0.5, solarize_p=0.0),
+    ],
     # [A.7] BYOL augmentation on every crop, saliency masking p 0.1 on large crops only, large
     # 224 / small 96; unverified: 2+2 large, 1+1 small, small scale (0.05, 0.14)
     "relicv2": [

@@ -96,6 +96,16 @@ def _dino(size: int = 224) -> list[ViewSpec]:
     ]
 
 
+def _dino_resnet(size: int = 224) -> list[ViewSpec]:
+    # DINO's ResNet-50 run [A.8; the README's example]: the dino views with
+    # --global_crops_scale 0.14 1 --local_crops_scale 0.05 0.14.
+    g1, g2, local = _dino(size)
+    return [
+        replace(g1, scale=(0.14, 1.0)), replace(g2, scale=(0.14, 1.0)),
+        replace(local, scale=(0.05, 0.14)),
+    ]  # fmt: skip
+
+
 def _relicv2(size: int = 224) -> list[ViewSpec]:
     # ReLICv2 (Tomasev et al. 2022, arXiv 2201.05119) [A.7]: large 224 and small 96 crops,
     # the BYOL augmentation on each, saliency masking with p_m = 0.1 on the large crops
@@ -152,6 +162,7 @@ RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {
     "moco_v3": _moco_v3,
     "swav": _swav,
     "dino": _dino,
+    "dino_resnet": _dino_resnet,
     "relicv2": _relicv2,
     "jigsaw": _jigsaw,
     "supervised": _supervised,
