@@ -78,7 +78,7 @@ def test_subprocess_exit_status_and_no_traceback(tmp_path):
     )  # fmt: skip
     assert r.returncode == 2
     assert r.stderr.strip().startswith("selfsup: error:") and "Traceback" not in r.stderr
-    assert "optim.name must be one of 'lars', 'sgd', 'adamw'" in r.stderr
+    assert "optim.name must be one of 'lars', 'larc', 'sgd', 'adamw'" in r.stderr
 
 
 def test_help_documents_commands():

@@ -49,7 +49,7 @@ def test_int_widens_to_float_but_not_the_reverse(tmp_path):
         ("bogus: 1\n", r"unknown key 'bogus'"),
         ("optim: {lr: fast}\n", r"optim\.lr must be a number, got 'fast'"),
         ("optim: {lr: -1}\n", r"optim\.lr must be >= 0"),
-        ("optim: {name: adam}\n", r"optim\.name must be one of 'lars', 'sgd', 'adamw'"),
+        ("optim: {name: adam}\n", r"optim\.name must be one of 'lars', 'larc', 'sgd', 'adamw'"),
         ("train: {batch_size: 0}\n", r"train\.batch_size must be >= 1"),
         ("model: {small_input: 3}\n", r"model\.small_input must be true or false"),
         (
