@@ -23,7 +23,8 @@ def _overrides(synthetic_root):
 def _check(result: dict, world: int) -> None:
     ips = result["images_per_sec"]
     assert all(ips[k] > 0 for k in ("model_only", "loader_only", "end_to_end"))
-    assert result["end_to_end_over_model_only"] == round(ips["end_to_end"] / ips["model_only"], 3)
+    # the ratio comes from the unrounded rates; the printed rates are rounded to 0.1
+    assert abs(result["end_to_end_over_model_only"] - ips["end_to_end"] / ips["model_only"]) < 2e-3
     assert result["launch"]["world_size"] == world
     assert result["launch"]["global_batch"] == 16
     assert result["timing"] == "wall clock"
