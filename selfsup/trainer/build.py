@@ -143,7 +143,6 @@ class Model:
     amp_dtype: torch.dtype | None
     base_lr: float
     input_dtype: torch.dtype | None = None  # views are cast to it (fp64 runs)
-    total_steps: int = 1  # the run's length, for the methods' schedules (EMA momentum)
     wd_at: Callable[[int], float] | None = None  # step -> weight decay, when scheduled
 
 
@@ -198,7 +197,7 @@ def build_model_and_optimizer(
 
     return Model(
         method, forward, optimizer, scaler, amp_dtype, base_lr,
-        torch.float64 if fp64 else None, total_steps, wd_at,
+        torch.float64 if fp64 else None, wd_at,
     )  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -36,3 +37,11 @@ def mlp(
     if last_bn:
         layers.append(nn.BatchNorm1d(out_dim, affine=last_bn_affine))
     return nn.Sequential(*layers)
+
+
+def embed_views(backbone: nn.Module, head: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """[V, B, D]: every view through the backbone (one pass per view size) and the head."""
+    h = torch.cat([backbone(g.flatten(0, 1)) for g in views])
+    v = sum(g.shape[0] for g in views)
+    z = head(h)
+    return z.reshape(v, -1, z.shape[-1])

@@ -18,16 +18,8 @@ from torch import nn
 
 from selfsup import losses
 from selfsup.fields import bounded
-from selfsup.trainer.heads import mlp
+from selfsup.trainer.heads import embed_views, mlp
 from selfsup.trainer.methods import register
-
-
-def embed_views(backbone: nn.Module, head: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
-    """[V, B, D]: every view through the backbone (one pass per view size) and the head."""
-    h = torch.cat([backbone(g.flatten(0, 1)) for g in views])
-    v = sum(g.shape[0] for g in views)
-    z = head(h)
-    return z.reshape(v, -1, z.shape[-1])
 
 
 @register("barlow_twins")

@@ -26,8 +26,8 @@ from torch import nn
 from selfsup import losses
 from selfsup.fields import bounded
 from selfsup.trainer.ema import cosine_momentum, ema_update_, frozen_copy
+from selfsup.trainer.heads import embed_views
 from selfsup.trainer.methods import register
-from selfsup.trainer.methods.barlow_twins import embed_views
 
 
 class DinoHead(nn.Module):

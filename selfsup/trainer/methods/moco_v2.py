@@ -27,9 +27,8 @@ from torch import nn
 from selfsup import distributed, losses
 from selfsup.fields import bounded
 from selfsup.trainer.ema import ema_update_, frozen_copy
-from selfsup.trainer.heads import mlp
+from selfsup.trainer.heads import embed_views, mlp
 from selfsup.trainer.methods import register
-from selfsup.trainer.methods.barlow_twins import embed_views
 
 
 @register("moco_v2")

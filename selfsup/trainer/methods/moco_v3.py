@@ -19,9 +19,8 @@ from torch import nn
 from selfsup import losses
 from selfsup.fields import bounded
 from selfsup.trainer.ema import cosine_momentum, ema_update_, frozen_copy
-from selfsup.trainer.heads import mlp
+from selfsup.trainer.heads import embed_views, mlp
 from selfsup.trainer.methods import register
-from selfsup.trainer.methods.barlow_twins import embed_views
 
 
 @register("moco_v3")

@@ -15,7 +15,7 @@ from torch import nn
 
 from selfsup import losses
 from selfsup.fields import bounded
-from selfsup.trainer.heads import mlp
+from selfsup.trainer.heads import embed_views, mlp
 from selfsup.trainer.methods import register
 
 
@@ -43,9 +43,7 @@ class SimCLR(nn.Module):
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         # One backbone pass per view size (multi-crop recipes), features concatenated
         # view-major; every view of a sample is a positive of every other.
-        h = torch.cat([self.backbone(g.flatten(0, 1)) for g in views])  # [V*B, F]
-        v = sum(g.shape[0] for g in views)
-        z = self.projector(h)
-        z = z.reshape(v, -1, z.shape[-1])  # [V, B, D]; the loss computes in float32 at least
+        # [V, B, D]; the loss computes in float32 at least
+        z = embed_views(self.backbone, self.projector, views)
         # global negatives: this rank's anchors against every rank's projections
         return losses.nt_xent(z, self.cfg.temperature)

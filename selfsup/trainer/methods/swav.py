@@ -22,9 +22,8 @@ from torch import nn
 from selfsup import losses
 from selfsup.fields import bounded
 from selfsup.kernels.sinkhorn import sinkhorn
-from selfsup.trainer.heads import mlp
+from selfsup.trainer.heads import embed_views, mlp
 from selfsup.trainer.methods import register
-from selfsup.trainer.methods.barlow_twins import embed_views
 
 
 @register("swav")
