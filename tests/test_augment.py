@@ -567,15 +567,17 @@ def test_eval_crop_device_chain_only_normalises(monkeypatch):
 
 
 def test_eval_crop_fused_chain_only_normalises(monkeypatch):
-    """The Triton path (interpreted on CPU): only the tail kernel, no gray-sum pre-pass."""
+    """The Triton path (on the GPU, or interpreted on CPU): only the tail kernel, no gray-sum
+    pre-pass."""
     require("triton")
     from selfsup.kernels import color_triton
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     spec, x, rows, want = _eval_batch()
     _forbid(monkeypatch, color_triton, "color_head_fused", "color_jitter_fused")
     monkeypatch.setattr(color_triton, "_gray_sum_kernel", None)  # launching it would fail
-    out = augment_batch(x, rows, spec, fused=True)
-    assert torch.allclose(out, want, atol=1e-5)
+    out = augment_batch(x.to(device), rows.to(device), spec, fused=True)
+    assert torch.allclose(out.cpu(), want, atol=1e-5)
 
 
 def test_eval_crop_cpu_path_takes_the_table(monkeypatch):
@@ -644,3 +646,20 @@ def test_antialias_in_the_reduced_decode_path():
     assert np.array_equal(out, cv2.resize(reduced, (32, 32), interpolation=cv2.INTER_AREA))
     plain = _crop_resize_reduced(reduced, row, 2, ViewSpec(size=32))
     assert plain.astype(float).std() > out.astype(float).std()
+
+
+def test_host_taps_are_rows_of_the_batched_taps():
+    """The CPU engine's per-view taps (numpy) and the device path's batched taps (torch) are
+    the same Gaussians: equal to float64 rounding, zero beyond each radius, summing to one."""
+    from selfsup.kernels.blur import gaussian_taps, gaussian_taps_host
+
+    sigma = torch.tensor([0.0, 0.1, 0.7, 1.3, 2.0, 5.5], dtype=torch.float64)
+    radius = torch.tensor([3, 1, 3, 4, 6, 17])
+    batched = gaussian_taps(sigma, radius)
+    width = batched.shape[1] // 2
+    for s, r, row in zip(sigma.tolist(), radius.tolist(), batched.numpy(), strict=True):
+        host = gaussian_taps_host(s, r, width)
+        np.testing.assert_allclose(host, row, rtol=1e-14, atol=1e-300)
+        assert abs(host.sum() - 1.0) < 1e-14 and not host[: width - r].any()
+    assert gaussian_taps_host(0.0, 2).tolist() == [0, 0, 1, 0, 0]  # sigma 0: the identity
+    torch.testing.assert_close(gaussian_taps(1.3, 4), torch.from_numpy(gaussian_taps_host(1.3, 4)))

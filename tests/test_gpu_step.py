@@ -60,8 +60,9 @@ def test_batches_come_from_the_loaders_own_stream(synthetic_root):
     device = join(cfg)
     loader = build_loader(cfg, device, describe_launch(cfg, device), progress=False)
     try:
-        assert loader._stream is not None and loader._stream != torch.cuda.current_stream()
         raw = loader._load(loader.sampler.batch(loader.sampler.order(0), 0), 0)
+        # the stream is made on the first load (in the thread that loads)
+        assert loader._stream is not None and loader._stream != torch.cuda.current_stream()
         assert raw.ready is not None and all(v.is_cuda for v in raw.views)
         assert raw.labels.is_cuda and raw.indices.is_cuda
     finally:

@@ -33,9 +33,19 @@ def test_launch_guard_enters_the_tensors_cuda_device(monkeypatch):
     with kernels.launch_guard(fake):
         pass
     assert entered == [torch.device("cuda", 1)]
+    monkeypatch.setattr(kernels, "triton_interpreting", lambda: True)
     with kernels.launch_guard(torch.zeros(1)):  # CPU (the interpreter): nothing to enter
         pass
     assert entered == [torch.device("cuda", 1)]
+
+
+def test_compiled_kernels_refuse_cpu_tensors(monkeypatch):
+    """Without the interpreter a CPU tensor would reach a compiled launch and fail inside
+    Triton's driver ("Pointer argument cannot be accessed"): refused first, saying why."""
+    monkeypatch.setattr(kernels, "triton_interpreting", lambda: False)
+    with pytest.raises(ValueError, match="need CUDA tensors.*TRITON_INTERPRET=1"):
+        with kernels.launch_guard(torch.zeros(1)):
+            pass
 
 
 def _launches_outside_a_guard(path: Path) -> list[str]:

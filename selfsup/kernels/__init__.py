@@ -53,10 +53,17 @@ def launch_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
 
     Triton launches on the *current* device's stream; a batch on ``cuda:1`` while ``cuda:0``
     is current would otherwise run on the wrong device (an illegal address or a silent copy).
-    CPU tensors (the interpreter) need nothing.
+    CPU tensors run only in Triton's interpreter (``TRITON_INTERPRET=1``); compiled kernels
+    cannot read them, so they are refused here with a ValueError that says so.
     """
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
+    if not triton_interpreting():
+        raise ValueError(
+            f"a Triton kernel got a {t.device.type} tensor: compiled kernels need CUDA tensors "
+            "(impl='auto' picks plain torch for CPU tensors; TRITON_INTERPRET=1, set before "
+            "triton is imported, runs the kernels in Triton's interpreter on the CPU)"
+        )
     return contextlib.nullcontext()
 
 

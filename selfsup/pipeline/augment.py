@@ -33,9 +33,8 @@ import threading
 import cv2
 import numba
 import numpy as np
-import torch
 
-from selfsup.kernels.blur import gaussian_taps
+from selfsup.kernels.blur import gaussian_taps_host
 from selfsup.kernels.layout import (
     BRIGHTNESS,
     CONTRAST,
@@ -391,7 +390,7 @@ def augment_cpu(
     src = out
     sigma = float(row[P_BLUR_SIGMA])
     if sigma > 0:
-        k = gaussian_taps(sigma, blur_radius(spec, sigma)).to(torch.float32).numpy()
+        k = gaussian_taps_host(sigma, blur_radius(spec, sigma)).astype(_F)
         src = _scratch_buffer(s)
         for c in range(3):  # one plane at a time: the working buffer is planar
             cv2.sepFilter2D(out[c], -1, k, k, dst=src[c], borderType=cv2.BORDER_REFLECT_101)

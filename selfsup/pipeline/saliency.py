@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 import torch
 
-from selfsup.kernels.blur import gaussian_taps, radius_for_sigma
+from selfsup.kernels.blur import gaussian_taps_host, radius_for_sigma
 from selfsup.kernels.layout import GRAY_WEIGHTS
 
 WORK = 64  # working resolution (Hou & Zhang use 64 px)
@@ -96,7 +96,7 @@ def box3_circular_matrix(n: int) -> np.ndarray:
 def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
     """(n, n) normalised Gaussian of radius ceil(3 sigma), reflect-101 borders."""
     r = radius_for_sigma(sigma)
-    k = gaussian_taps(sigma, r).numpy()
+    k = gaussian_taps_host(sigma, r)
     m = np.zeros((n, n))
     for i in range(n):
         for d in range(-r, r + 1):
@@ -122,7 +122,7 @@ def saliency_map(gray: np.ndarray) -> np.ndarray:
     field = np.exp(residual) * (f / (mag + _EPS))
     field[0, 0] = 0.0  # drop the DC term: the image's mean brightness is not salient
     s = np.abs(np.fft.ifft2(field)) ** 2
-    k = gaussian_taps(SIGMA, radius_for_sigma(SIGMA)).numpy()
+    k = gaussian_taps_host(SIGMA, radius_for_sigma(SIGMA))
     s = cv2.sepFilter2D(s, -1, k, k, borderType=cv2.BORDER_REFLECT_101)
     lo = s.min()
     return (s - lo) / max(s.max() - lo, _EPS)
