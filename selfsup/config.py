@@ -162,6 +162,43 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping with its ``base:`` (a built-in config name or a path, relative
+    to the file) read first and this file laid over it: sections merge key by key, other
+    values replace. A ``method`` section that names another method than the base's replaces
+    the base's whole section (its options belong to that method)."""
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a config name or path, got {base!r}")
+    local = path.parent / base
+    base_path = resolve_config_path(local if local.suffix and local.exists() else base)
+    if base_path.resolve() in seen or base_path.resolve() == path.resolve():
+        raise ConfigError(f"{path}: base {base!r} leads back to itself")
+    merged = read_config_file(base_path, (*seen, path.resolve()))
+    method = data.get("method")
+    if isinstance(method, dict) and method.get("name") not in (None, _method_name(merged)):
+        merged.pop("method", None)
+    return _merge(merged, data)
+
+
+def _method_name(data: dict) -> str:
+    method = data.get("method")
+    return method.get("name", "simclr") if isinstance(method, dict) else "simclr"
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``key.sub=value`` strings; values parse as YAML (``1e-3``, ``true``, ``[1,2]``)."""
     for item in overrides:
@@ -190,7 +227,7 @@ def load_config(path: str | Path = "default", overrides: list[str] | None = None
     from selfsup.trainer.methods import METHODS
 
     cfg_path = resolve_config_path(path)
-    data = apply_overrides(read_yaml(cfg_path), list(overrides or []))
+    data = apply_overrides(read_config_file(cfg_path), list(overrides or []))
     where = str(cfg_path) + (" (with command-line overrides)" if overrides else "")
     method_data = data.pop("method", None) or {}
     if not isinstance(method_data, dict):

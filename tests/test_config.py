@@ -281,3 +281,42 @@ def test_the_global_batch_must_split_over_the_processes():
         per_process_batch(256, 3)
     with pytest.raises(ConfigError, match="saved with 2 processes"):
         per_process_batch(10, 3, saved_world=2)
+
+
+def test_base_config_is_read_first_and_overlaid(tmp_path):
+    """``base:`` reads another config first: sections merge key by key (view_overrides too),
+    other values replace; a method section naming another method replaces the base's."""
+    (tmp_path / "mid.yaml").write_text(
+        "base: default\ntrain: {epochs: 3}\ndata: {view_overrides: {flip_p: 0.0}}\n"
+    )
+    (tmp_path / "top.yaml").write_text(
+        "base: mid.yaml\nmethod: {name: barlow_twins, proj_dim: 64}\noptim: {lr: 0.5}\n"
+    )
+    cfg = load_config(tmp_path / "top.yaml")
+    default = load_config("default")
+    assert cfg.train.epochs == 3 and cfg.optim.lr == 0.5  # overlaid
+    assert cfg.train.batch_size == default.train.batch_size  # inherited through two levels
+    assert cfg.model == default.model and cfg.optim.name == default.optim.name
+    assert cfg.data.view_overrides == {**default.data.view_overrides, "flip_p": 0.0}
+    assert cfg.method.name == "barlow_twins" and cfg.method.proj_dim == 64  # no simclr keys
+    same = tmp_path / "same.yaml"
+    same.write_text("base: default\nmethod: {temperature: 0.5}\n")
+    cfg = load_config(same)
+    assert cfg.method.name == "simclr" and cfg.method.temperature == 0.5
+    assert cfg.method.proj_hidden_dim == default.method.proj_hidden_dim  # merged
+
+
+@pytest.mark.parametrize(
+    "files, pattern",
+    [
+        ({"a.yaml": "base: a.yaml\n"}, "leads back to itself"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "leads back to itself"),
+        ({"a.yaml": "base: [default]\n"}, "base must be a config name or path"),
+        ({"a.yaml": "base: nowhere\n"}, "not found"),
+    ],
+)
+def test_bad_bases_are_one_line_errors(tmp_path, files, pattern):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(tmp_path / "a.yaml")
