@@ -158,6 +158,8 @@ def build_model_and_optimizer(
     method = build_method(cfg.method, backbone, backbone.num_features)
     # the run's length, for the methods' own schedules (EMA momentum, warm-ups, freezing)
     method.step, method.total_steps, method.steps_per_epoch = 0, total_steps, steps_per_epoch
+    if hasattr(method, "prepare"):  # state sized by the run (SwAV's queue)
+        method.prepare(global_batch=cfg.train.batch_size)
     if cfg.train.sync_bn and distributed.world_size() > 1:
         method = convert_sync_bn(method, device.type)
     fp64 = cfg.train.precision == "fp64"

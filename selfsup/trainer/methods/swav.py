@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup import losses
+from selfsup import distributed, losses
 from selfsup.fields import bounded
 from selfsup.kernels.sinkhorn import sinkhorn
 from selfsup.trainer.heads import embed_views, mlp
@@ -43,6 +43,8 @@ class SwAV(nn.Module):
         freeze_prototypes_iters: int = bounded(313, 0)  # 1 epoch at batch 4096
         proj_hidden_dim: int = bounded(2048, 1)
         proj_dim: int = bounded(128, 1)
+        queue_length: int = bounded(0, 0)  # 0: no queue; rounded down to the global batch
+        epoch_queue_starts: float = bounded(15.0, 0.0)  # pushing starts at this epoch
 
     def __init__(self, cfg: Config, backbone: nn.Module, num_features: int) -> None:
         super().__init__()
@@ -50,6 +52,30 @@ class SwAV(nn.Module):
         self.backbone = backbone
         self.projector = mlp(num_features, cfg.proj_hidden_dim, cfg.proj_dim, 2)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.num_prototypes, bias=False)
+        self.global_batch = 0
+        self.register_buffer("queue", None)  # made by prepare() when queue_length > 0
+
+    def prepare(self, global_batch: int) -> None:
+        """Called by the trainer with the run's global batch, before weights are loaded."""
+        self.global_batch = global_batch
+        length = self.cfg.queue_length - self.cfg.queue_length % global_batch
+        if length:
+            shape = (self.assignment_crops, length, self.cfg.proj_dim)
+            self.register_buffer("queue", torch.zeros(shape))
+
+    def _queue_steps(self) -> tuple[int, int]:
+        """(first step that pushes, first step that uses the full queue)."""
+        start = round(self.cfg.epoch_queue_starts * self.steps_per_epoch)
+        return start, start + self.queue.shape[1] // self.global_batch
+
+    def _queue_scores(self) -> torch.Tensor | None:
+        """[A, L/W, K]: this rank's share of the queue scored by the current prototypes, or
+        None while there is no full queue."""
+        if self.queue is None or self.step < self._queue_steps()[1]:
+            return None
+        share = self.queue.shape[1] // distributed.world_size()
+        rows = self.queue[:, distributed.rank() * share : (distributed.rank() + 1) * share]
+        return self.prototypes(rows)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():  # prototypes on the unit sphere before every step
@@ -57,14 +83,23 @@ class SwAV(nn.Module):
             w.copy_(F.normalize(w, dim=1))
         z = F.normalize(embed_views(self.backbone, self.projector, views), dim=-1)  # [V, B, D]
         scores = self.prototypes(z)  # [V, B, K]
-        a = min(self.assignment_crops, len(scores) - 1)
+        a = self.assignment_crops  # min_views = 2: the two large crops
         with torch.no_grad():
+            queued = self._queue_scores()
             codes = torch.stack(
                 [
-                    sinkhorn(scores[s].detach(), self.cfg.epsilon, self.cfg.sinkhorn_iterations)
+                    sinkhorn(
+                        scores[s].detach(),
+                        self.cfg.epsilon,
+                        self.cfg.sinkhorn_iterations,
+                        None if queued is None else queued[s],
+                    )
                     for s in range(a)
                 ]
             )
+            if self.queue is not None and self.step >= self._queue_steps()[0]:
+                new = distributed.gather_no_grad(z[:a].detach(), dim=1).to(self.queue.dtype)
+                self.queue.copy_(torch.cat([new, self.queue[:, : -new.shape[1]]], dim=1))
         return losses.swav(scores, codes, self.cfg.temperature)
 
     def after_backward(self) -> None:
