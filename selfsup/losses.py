@@ -7,8 +7,8 @@ that the mean over ranks is the single-process loss on all rows, and such that t
 gradients, averaged as ``DistributedDataParallel`` does, are the single-process gradient. Two
 patterns (see ``selfsup.distributed``):
 
-- local rows (NT-Xent anchors, BYOL, MoCo, SwAV, DINO, VICReg's invariance term): the mean over
-  this rank's rows; batch-wide terms go through ``gather_with_grad``;
+- local rows (NT-Xent anchors, BYOL, MoCo, ReLICv2, SwAV, DINO, VICReg's invariance term):
+  the mean over this rank's rows; batch-wide terms go through ``gather_with_grad``;
 - batch statistics (Barlow Twins' BatchNorm and cross-correlation, VICReg's variance and
   covariance): every rank computes the same global value through ``all_reduce_with_grad`` /
   ``gather_with_grad``, whose backward sums over ranks.
@@ -36,6 +36,7 @@ __all__ = [
     "moco",
     "moco_v3",
     "nt_xent",
+    "relicv2",
     "swav",
     "vicreg",
 ]
@@ -168,6 +169,44 @@ def moco_v3(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tenso
     logits = q @ keys.T / temperature
     labels = torch.arange(len(q), device=q.device) + distributed.rank() * len(q)
     return F.cross_entropy(logits, labels) * (2 * temperature)
+
+
+@no_autocast
+def relicv2(
+    online: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float = 0.1,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+) -> torch.Tensor:
+    """ReLICv2's loss (Tomasev et al. 2022, methods.md A.7). ``online`` [V, N, D]: the online
+    network's outputs for every crop, the first L being the large crops; ``target`` [L, N, D]:
+    the EMA target's outputs for the large crops (no gradient; gathered from every rank here).
+    Both are L2-normalised inside.
+
+    For online crop i, large crop j and sample n, ``p_ij(m | n) = softmax_m <o_i[n], t_j[m]> /
+    temperature`` over the targets of every sample m of the (global) batch; sample n's own target
+    is the positive. Each pair (i, j), the i = j pairs of large crops included as in the paper's
+    pseudo-code, contributes ``alpha * -log p_ij(n | n) + beta * KL(p_ij(.|n) || sg[p_jj(.|n)])``:
+    the contrastive term, and the invariance term pulling the crop's distribution over the
+    candidates towards the large crop j's own (online j against the same targets; zero when
+    i = j). The loss is the mean over rows, summed over the V x L pairs and divided by V * L,
+    as the pseudo-code normalises ("loss /= (num_large + num_small) * num_large").
+    """
+    online, target = _f32(online, target)
+    v, n, _ = online.shape
+    o = F.normalize(online, dim=-1)
+    t = distributed.gather_no_grad(F.normalize(target.detach(), dim=-1), dim=1)  # [L, Ng, D]
+    labels = torch.arange(n, device=o.device) + distributed.rank() * n
+    total = online.new_zeros(())
+    for j in range(len(t)):
+        log_p = F.log_softmax(o @ t[j].T / temperature, dim=-1)  # [V, N, Ng]: every crop vs t_j
+        partner = log_p[j].detach()  # p_jj, no gradient
+        for i in range(v):
+            nll = F.nll_loss(log_p[i], labels)
+            kl = (log_p[i].exp() * (log_p[i] - partner)).sum(-1).mean()
+            total = total + alpha * nll + beta * kl
+    return total / (v * len(t))
 
 
 @no_autocast

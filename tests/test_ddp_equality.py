@@ -38,6 +38,8 @@ METHODS = {
     "swav": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.num_prototypes=10",
              "method.freeze_prototypes_iters=1", "method.queue_length=11",
              "method.epoch_queue_starts=0"],
+    "relicv2": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",
+                "method.base_momentum=0.9"],
     "rotnet": [],
     "jigsaw": ["method.num_permutations=10", "method.tile_dim=16"],
     "dino": ["method.out_dim=20", "method.hidden_dim=32", "method.bottleneck_dim=16",

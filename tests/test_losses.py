@@ -104,6 +104,26 @@ def dino_formula(student, teacher, center, ts, tt):
     return total / terms
 
 
+def relicv2_formula(o, t, tau, alpha, beta):
+    """The paper's pseudo-code: sum over online crops i and large crops j of L(o_i, t_j), each
+    -alpha log p(own target) + beta KL(p_i || p_j) over the targets of crop j, / (V * L)."""
+    v, n, _ = o.shape
+
+    def p(a, j, row):  # softmax over the targets of crop j, anchor o_a[row]
+        u = o[a, row] / o[a, row].norm()
+        logits = [u @ (t[j, m] / t[j, m].norm()) / tau for m in range(n)]
+        return torch.softmax(torch.stack(logits), 0)
+
+    total = 0.0
+    for i in range(v):
+        for j in range(len(t)):
+            for r in range(n):
+                pi, pj = p(i, j, r), p(j, j, r)
+                kl = sum(pi[m] * (torch.log(pi[m]) - torch.log(pj[m])) for m in range(n))
+                total = total + (alpha * -torch.log(pi[r]) + beta * kl) / n
+    return total / (v * len(t))
+
+
 def nt_xent_formula(z, t):
     v, n, _ = z.shape
     f = [z[a, i] / z[a, i].norm() for a in range(v) for i in range(n)]
@@ -152,6 +172,11 @@ CASES = {
         lambda x: dino_formula(x["student"], x["teacher"], x["center"], 0.1, 0.04),
         {"student": 1, "teacher": 1, "center": None},
     ),
+    "relicv2": (
+        lambda x: losses.relicv2(x["online"], x["target"], 0.2, 0.7, 1.3),
+        lambda x: relicv2_formula(x["online"], x["target"], 0.2, 0.7, 1.3),
+        {"online": 1, "target": 1},
+    ),
     "nt_xent": (
         lambda x: losses.nt_xent(x["z"], 0.2),
         lambda x: nt_xent_formula(x["z"], 0.2),
@@ -179,6 +204,8 @@ def _inputs(name):
             "center": _randn(K, seed=3) * 0.1,
         },  # fmt: skip
         "nt_xent": lambda: {"z": _randn(2, N, D, seed=1)},
+        # 2 large + 2 small crops online, the 2 large ones through the target
+        "relicv2": lambda: {"online": _randn(4, N, D, seed=1), "target": _randn(2, N, D, seed=2)},
     }[name]()
 
 

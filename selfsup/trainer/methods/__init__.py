@@ -58,6 +58,7 @@ from selfsup.trainer.methods import (  # noqa: E402,F401  (registers)
     jigsaw,
     moco_v2,
     moco_v3,
+    relicv2,
     rotnet,
     simclr,
     simclrv2,
