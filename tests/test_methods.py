@@ -112,3 +112,14 @@ def test_rotnet_rotates_every_image_four_ways_on_the_device():
         for i in range(2):
             assert torch.equal(rotated[k * 2 + i], torch.rot90(x[i], k, dims=(1, 2)))
     assert rotated.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_method_ships_an_imagenet_and_a_demo_recipe(name):
+    """configs/<method>_imagenet.yaml (the published recipe) and <method>_demo.yaml (the
+    built-in data) exist and train this method."""
+    from selfsup.config import CONFIG_DIR, load_config
+
+    for kind in ("imagenet", "demo"):
+        assert (CONFIG_DIR / f"{name}_{kind}.yaml").is_file(), f"{name}_{kind}.yaml missing"
+        assert load_config(f"{name}_{kind}").method.name == name
