@@ -41,3 +41,14 @@ def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
     torch._foreach_lerp_(t_params, o_params, 1.0 - momentum)
     for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
         tb.copy_(ob)
+
+
+@torch.no_grad()
+def follow_(
+    pairs: list[tuple[nn.Module, nn.Module]], base: float, step: int, total_steps: int
+) -> None:
+    """:func:`ema_update_` of each (target, online) pair at the cosine-ramped momentum of
+    ``step`` (BYOL's and ReLICv2's target, MoCo v3's key encoder, DINO's teacher)."""
+    m = cosine_momentum(base, step, total_steps)
+    for target, online in pairs:
+        ema_update_(target, online, m)

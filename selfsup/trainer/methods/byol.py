@@ -20,7 +20,7 @@ from torch import nn
 
 from selfsup import losses
 from selfsup.fields import bounded
-from selfsup.trainer.ema import cosine_momentum, ema_update_, frozen_copy
+from selfsup.trainer.ema import follow_, frozen_copy
 from selfsup.trainer.heads import embed_views, mlp
 from selfsup.trainer.methods import register
 
@@ -59,6 +59,5 @@ class BYOL(nn.Module):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        m = cosine_momentum(self.cfg.base_momentum, self.step, self.total_steps)
-        ema_update_(self.target_backbone, self.backbone, m)
-        ema_update_(self.target_projector, self.projector, m)
+        pairs = [(self.target_backbone, self.backbone), (self.target_projector, self.projector)]
+        follow_(pairs, self.cfg.base_momentum, self.step, self.total_steps)

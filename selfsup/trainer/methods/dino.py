@@ -25,7 +25,7 @@ from torch import nn
 
 from selfsup import losses
 from selfsup.fields import bounded
-from selfsup.trainer.ema import cosine_momentum, ema_update_, frozen_copy
+from selfsup.trainer.ema import follow_, frozen_copy
 from selfsup.trainer.heads import embed_views
 from selfsup.trainer.methods import register
 
@@ -102,9 +102,8 @@ class DINO(nn.Module):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        m = cosine_momentum(self.cfg.base_momentum, self.step, self.total_steps)
-        ema_update_(self.teacher_backbone, self.backbone, m)
-        ema_update_(self.teacher_head, self.head, m)
+        pairs = [(self.teacher_backbone, self.backbone), (self.teacher_head, self.head)]
+        follow_(pairs, self.cfg.base_momentum, self.step, self.total_steps)
         if self._teacher_out is not None:
             self.center.copy_(
                 losses.dino_center(self._teacher_out, self.center, self.cfg.center_momentum)
