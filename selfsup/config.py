@@ -24,6 +24,7 @@ from selfsup.fields import bounded, build_dataclass, choice
 
 # The built-in configs ship inside the package (so `pip install selfsup` has them).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_METHOD = "simclr"  # method.name when a config names none
 
 
 @dataclass
@@ -175,9 +176,10 @@ def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: base must be a config name or path, got {base!r}")
     local = path.parent / base
     base_path = resolve_config_path(local if local.suffix and local.exists() else base)
-    if base_path.resolve() in seen or base_path.resolve() == path.resolve():
+    seen = (*seen, path.resolve())
+    if base_path.resolve() in seen:
         raise ConfigError(f"{path}: base {base!r} leads back to itself")
-    merged = read_config_file(base_path, (*seen, path.resolve()))
+    merged = read_config_file(base_path, seen)
     method = data.get("method")
     if isinstance(method, dict) and method.get("name") not in (None, _method_name(merged)):
         merged.pop("method", None)
@@ -186,7 +188,7 @@ def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 def _method_name(data: dict) -> str:
     method = data.get("method")
-    return method.get("name", "simclr") if isinstance(method, dict) else "simclr"
+    return method.get("name", DEFAULT_METHOD) if isinstance(method, dict) else DEFAULT_METHOD
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -233,7 +235,7 @@ def load_config(path: str | Path = "default", overrides: list[str] | None = None
     if not isinstance(method_data, dict):
         raise ConfigError(f"{where}: method must be a mapping, got {method_data!r}")
     method_data = dict(method_data)
-    name = method_data.pop("name", "simclr")
+    name = method_data.pop("name", DEFAULT_METHOD)
     if not isinstance(name, str) or name not in METHODS:
         raise ConfigError(
             f"{where}: unknown method {name!r} in method.name; "

@@ -33,7 +33,6 @@ from selfsup.trainer.methods.byol import BYOL
 @register("relicv2")
 class ReLICv2(BYOL):
     recipe = "relicv2"
-    min_views = 2
 
     @dataclass
     class Config(BYOL.Config):
