@@ -248,6 +248,8 @@ def load_config(path: str | Path = "default", overrides: list[str] | None = None
         cfg.data.recipe = method.recipe  # the method chooses its views
     if cfg.train.sync_bn is None:
         cfg.train.sync_bn = bool(getattr(method, "sync_bn", False))  # and its BatchNorm
+    if hasattr(method, "check_config"):  # a method's own constraints on the whole config
+        method.check_config(cfg, where)
     _check_names(cfg, where)
     _check_views(cfg, method, where)
     return cfg

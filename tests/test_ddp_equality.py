@@ -30,7 +30,9 @@ METHODS = {
     "vicreg": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
     "byol": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",
              "method.base_momentum=0.9"],
+    # shuffle-BN: 2 contiguous query groups and 2 interleaved key groups of the batch of 8
     "moco_v2": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.queue_size=24",
+                "method.bn_groups=2", "train.sync_bn=false",
                 "method.momentum=0.9"],
     "moco_v3": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",
                 "method.base_momentum=0.9"],

@@ -10,7 +10,10 @@ rank's B = global batch / W samples and returns its local part of the loss, such
 average of the ranks' gradients is the gradient of the single-process loss on the global
 batch; it reaches other ranks only through ``selfsup.distributed``'s autograd-aware
 collectives. Optional hooks: ``after_backward()`` (between backward and the optimizer) and
-``after_step()`` (after it: EMA targets, queues, centres); the trainer sets ``step`` (this
+``after_step()`` (after it: EMA targets, queues, centres), ``prepare(global_batch)`` (once,
+before weights load: buffers sized by the batch, checks against the process count) and the
+classmethod ``check_config(cfg, where)`` (constraints on the whole config, raising
+``ConfigError`` when it loads); the trainer sets ``step`` (this
 step's index, before forward), ``total_steps`` and ``steps_per_epoch`` on the method for
 their schedules, as host ints. A new method is one new file here plus one YAML recipe.
 Methods never import the config layer; it imports this registry.

@@ -1,0 +1,56 @@
+"""MoCo v2's shuffle-BN: which samples share BatchNorm statistics, and the config checks.
+
+The 1-vs-2-process equality of the whole step is in tests/test_ddp_equality.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfsup.errors import ConfigError
+from tests.test_ddp_equality import BASE, METHODS, TINY_CONFIG, _views
+
+
+def _build(*extra):
+    from selfsup.config import load_config
+    from selfsup.trainer.build import build_model_and_optimizer
+
+    cfg = load_config(TINY_CONFIG, [*BASE, "method.name=moco_v2", *METHODS["moco_v2"], *extra])
+    return cfg, build_model_and_optimizer(cfg, torch.device("cpu")).method
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_queries_use_contiguous_groups_and_keys_interleaved_ones(groups):
+    cfg, m = _build(f"method.bn_groups={groups}")
+    x = _views(cfg, 0, torch.float32)[0][0]  # [8, 3, S, S]
+    with torch.no_grad():
+        q, k = m._queries(x), m._shuffled_keys(x)
+        n = len(x)
+        # each group on its own (BatchNorm in training mode: the group's own statistics)
+        q_ref = torch.cat([m.projector(m.backbone(x[i : i + n // groups]))
+                           for i in range(0, n, n // groups)])  # fmt: skip
+        k_ref = torch.empty_like(k)
+        for g in range(groups):
+            k_ref[g::groups] = m.key_projector(m.key_backbone(x[g::groups]))
+    torch.testing.assert_close(q, q_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(k, k_ref, rtol=1e-5, atol=1e-6)
+    if groups > 1:  # the whole-batch statistics would give other keys
+        with torch.no_grad():
+            whole = m.key_projector(m.key_backbone(x))
+        assert not torch.allclose(k, whole, atol=1e-4)
+
+
+def test_the_config_checks_the_groups():
+    with pytest.raises(ConfigError, match="not a multiple of method.bn_groups 3"):
+        _build("method.bn_groups=3")
+    with pytest.raises(ConfigError, match="train.sync_bn=false"):
+        _build("train.sync_bn=true")
+    _build("train.sync_bn=true", "method.bn_groups=1")  # global BN: allowed, one group
+
+
+def test_the_groups_must_split_over_the_processes(monkeypatch):
+    from selfsup import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    with pytest.raises(ConfigError, match="not a multiple of the 3 processes"):
+        _build("method.bn_groups=2")
