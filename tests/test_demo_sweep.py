@@ -29,9 +29,12 @@ def test_check_names_every_job_whose_config_does_not_load(tmp_path):
 
 def test_a_short_sweep_writes_one_result_per_job(tmp_path, synthetic_root):
     jobs = tmp_path / "jobs.txt"
-    jobs.write_text("a simclr_demo\nb vicreg_demo optim.lr=0.001\nfails simclr_demo train.epochs=0\n")
-    common = [*TINY_OVERRIDES, f"data.path={synthetic_root}", "data.synthetic_train_per_class=12",
-              "data.synthetic_val_per_class=4", "train.max_steps=1", "eval.random_init_baseline=false",
+    jobs.write_text(
+        "a simclr_demo\nb vicreg_demo optim.lr=0.001\nfails simclr_demo train.epochs=0\n"
+    )
+    common = [*TINY_OVERRIDES, f"data.path={synthetic_root}",
+              "data.synthetic_train_per_class=12", "data.synthetic_val_per_class=4",
+              "train.max_steps=1", "eval.random_init_baseline=false",
               "train.threads=1", "data.threads=1"]  # fmt: skip
     out = tmp_path / "out"
     run = _sweep(jobs, "--out", out, "--parallel", 2, "--common", *common)
