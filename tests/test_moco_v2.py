@@ -54,3 +54,14 @@ def test_the_groups_must_split_over_the_processes(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(ConfigError, match="not a multiple of the 3 processes"):
         _build("method.bn_groups=2")
+
+
+def test_the_head_can_end_in_batchnorm_and_it_learns():
+    """``proj_last_bn`` (the demo's change to MoCo v2's head): BatchNorm after the last layer,
+    off by default as in the paper, and trained like the rest of the head."""
+    cfg, m = _build()
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in m.projector)
+    cfg, m = _build("method.proj_last_bn=true")
+    assert isinstance(m.projector[-1], torch.nn.BatchNorm1d)
+    m.forward(_views(cfg, 0, torch.float32)).backward()
+    assert m.projector[-1].weight.grad.abs().sum() > 0

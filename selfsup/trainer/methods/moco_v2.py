@@ -21,6 +21,11 @@ processes: each of W processes holds G/W query groups (its contiguous slice of t
 the key images are gathered from every rank, each rank encodes G/W key groups and the keys are
 gathered back (the paper's shuffle across GPUs; G must be a multiple of W). ``train.sync_bn``
 must stay off (the default here): it would merge the groups across processes.
+
+``proj_last_bn`` (off, as in the paper) adds BatchNorm after the head's last layer, as MoCo
+v3's and SimCLR's heads have. The built-in demo needs it: without it the embeddings of
+different images start nearly parallel (the pooled features share a large common part) and the
+loss climbed to log(1 + queue size) instead of learning.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ class MoCoV2(nn.Module):
         queue_size: int = bounded(65536, 1)
         proj_hidden_dim: int = bounded(2048, 1)
         proj_dim: int = bounded(128, 1)
+        # BatchNorm after the head's last layer (as MoCo v3's and SimCLR's heads): off in MoCo
+        # v2, whose head has no BatchNorm
+        proj_last_bn: bool = False
         bn_groups: int = bounded(8, 1)  # shuffle-BN sub-batches of the global batch (8 GPUs)
 
     @classmethod
@@ -76,7 +84,13 @@ class MoCoV2(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        self.projector = mlp(num_features, cfg.proj_hidden_dim, cfg.proj_dim, 2, hidden_bn=False)
+        self.projector = mlp(
+            num_features,
+            cfg.proj_hidden_dim,
+            cfg.proj_dim,
+            hidden_bn=False,
+            last_bn=cfg.proj_last_bn,
+        )
         self.key_backbone = frozen_copy(backbone)
         self.key_projector = frozen_copy(self.projector)
         queue = F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1)
