@@ -69,8 +69,11 @@ def _views(cfg, step: int, dtype: torch.dtype) -> list[torch.Tensor]:
     return [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shape]
 
 
-def train_steps(rank: int, world: int, method: str, dtype: str = "float64") -> dict:
-    """Run STEPS steps on this rank's slice; the loss, gradients after step 1, final weights."""
+def train_steps(
+    rank: int, world: int, method: str, dtype: str = "float64", extra: tuple[str, ...] = ()
+) -> dict:
+    """Run STEPS steps on this rank's slice; the loss, gradients after step 1, final weights.
+    ``extra``: overrides after the method's own."""
     from selfsup import distributed
     from selfsup.config import load_config
     from selfsup.trainer.build import build_model_and_optimizer, train_step
@@ -78,7 +81,7 @@ def train_steps(rank: int, world: int, method: str, dtype: str = "float64") -> d
     old = torch.get_default_dtype()
     torch.set_default_dtype(getattr(torch, dtype))
     try:
-        cfg = load_config(TINY_CONFIG, [*BASE, f"method.name={method}", *METHODS[method]])
+        cfg = load_config(TINY_CONFIG, [*BASE, f"method.name={method}", *METHODS[method], *extra])
         device = torch.device("cpu")
         model = build_model_and_optimizer(cfg, device)
         b = GLOBAL_BATCH // world
@@ -105,10 +108,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp(min=1e-9)).item()
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_two_processes_train_exactly_like_one(method):
-    one = train_steps(0, 1, method)
-    two = run_ranks(train_steps, 2, method)
+def assert_same_training(one: dict, two: list[dict]) -> None:
+    """Each rank of a 2-process run has the 1-process run's losses, gradients and weights."""
     for r, res in enumerate(two):
         for step, (a, b) in enumerate(zip(res["losses"], one["losses"], strict=True)):
             assert abs(a - b) <= TOL * abs(b), f"rank {r} step {step + 1}: loss {a} vs {b}"
@@ -119,3 +120,8 @@ def test_two_processes_train_exactly_like_one(method):
         bad = {n: _rel(w, one["weights"][n]) for n, w in res["weights"].items()}
         bad = {n: e for n, e in bad.items() if e > TOL}
         assert not bad, f"rank {r}: weights differ after {STEPS} steps: {bad}"
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_two_processes_train_exactly_like_one(method):
+    assert_same_training(train_steps(0, 1, method), run_ranks(train_steps, 2, method))

@@ -52,7 +52,7 @@ def test_the_groups_must_split_over_the_processes(monkeypatch):
     from selfsup import distributed
 
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
-    with pytest.raises(ConfigError, match="not a multiple of the 3 processes"):
+    with pytest.raises(ConfigError, match="does not split over the 3 processes"):
         _build("method.bn_groups=2")
 
 
@@ -65,3 +65,17 @@ def test_the_head_can_end_in_batchnorm_and_it_learns():
     assert isinstance(m.projector[-1], torch.nn.BatchNorm1d)
     m.forward(_views(cfg, 0, torch.float32)).backward()
     assert m.projector[-1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [("method.bn_groups=4",), ("method.bn_groups=1", "train.sync_bn=true")],
+    ids=["shuffle-bn-2-groups-per-rank", "global-bn"],
+)
+def test_two_processes_train_like_one_with_other_groupings(extra):
+    """Two key groups per rank, and one group (global BN): 2 processes step like 1."""
+    from tests.ranks import run_ranks
+    from tests.test_ddp_equality import assert_same_training, train_steps
+
+    one = train_steps(0, 1, "moco_v2", "float64", extra)
+    assert_same_training(one, run_ranks(train_steps, 2, "moco_v2", "float64", extra))

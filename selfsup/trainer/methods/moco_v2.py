@@ -13,14 +13,15 @@ ones (sample i in key group i mod G), so a query and its positive key never shar
 BatchNorm statistics beyond B/G^2 samples of a batch. Without it the network can read the
 positive off the statistics: the positive key is the only candidate normalised with the
 query's own batch (the queue's keys came from earlier batches), and the loss falls without the
-features learning anything (on the built-in data, k-NN fell below the random network's).
-Global BN does not stop this: it too normalises a query and its key over the same batch.
+features learning anything. Global BN does not stop this: it too normalises a query and its key
+over the same batch. ``bn_groups=1`` gives that global BN (with ``train.sync_bn`` across
+processes), for comparison.
 
 The groups are defined on the global batch, so the maths does not depend on the number of
 processes: each of W processes holds G/W query groups (its contiguous slice of the batch), and
 the key images are gathered from every rank, each rank encodes G/W key groups and the keys are
 gathered back (the paper's shuffle across GPUs; G must be a multiple of W). ``train.sync_bn``
-must stay off (the default here): it would merge the groups across processes.
+must stay off with G > 1 (the default here): it would merge the groups across processes.
 
 ``proj_last_bn`` (off, as in the paper) adds BatchNorm after the head's last layer, as MoCo
 v3's and SimCLR's heads have. The built-in demo needs it: without it the embeddings of
@@ -99,16 +100,20 @@ class MoCoV2(nn.Module):
         self._keys: torch.Tensor | None = None
 
     def prepare(self, global_batch: int) -> None:
-        """Called by the trainer: the groups must split evenly over the processes."""
+        """Called by the trainer: shuffle-BN's groups must split evenly over the processes."""
         world = distributed.world_size()
-        if self.cfg.bn_groups % world:
+        if self.cfg.bn_groups > 1 and self.cfg.bn_groups % world:
             raise ConfigError(
-                f"moco_v2: method.bn_groups {self.cfg.bn_groups} is not a multiple of the "
-                f"{world} processes; set it to one (shuffle-BN splits the groups over them)"
+                f"moco_v2: method.bn_groups {self.cfg.bn_groups} does not split over the "
+                f"{world} processes; make it a multiple of {world} (shuffle-BN gives each "
+                "process the same number of groups), or 1 for global BN"
             )
 
     def _groups_per_rank(self) -> int:
-        return self.cfg.bn_groups // distributed.world_size()  # whole: prepare() checked
+        """Shuffle-BN groups each process encodes (prepare() checked they split evenly); with
+        one group, each process encodes its whole slice (BatchNorm over it, or over the global
+        batch under ``train.sync_bn``)."""
+        return max(self.cfg.bn_groups // distributed.world_size(), 1)
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
         """[b, D]: this rank's queries, BatchNorm over its contiguous groups."""
@@ -118,8 +123,10 @@ class MoCoV2(nn.Module):
     @torch.no_grad()
     def _shuffled_keys(self, x: torch.Tensor) -> torch.Tensor:
         """[B, D]: the keys of the whole global batch in its order, each computed with
-        BatchNorm over its interleaved key group (sample i in group i mod G)."""
+        BatchNorm over its interleaved key group (sample i in group i mod G, G > 1)."""
         groups, rank = self.cfg.bn_groups, distributed.rank()
+        if groups == 1:  # no shuffle: every rank its own slice, then all keys gathered
+            return distributed.gather_no_grad(self.key_projector(self.key_backbone(x)))
         images = distributed.gather_no_grad(x)
         n = images.shape[0]
         if n % groups:
