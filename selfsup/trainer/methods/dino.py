@@ -2,16 +2,17 @@
 
 The teacher's outputs are centred and sharpened before the student's cross-entropy.
 
-Head (student and teacher): a 3-layer MLP (in -> 2048 -> 2048 -> 256, GELU, no BN), L2
+Head (student and teacher): a 3-layer MLP (in -> 2048 -> 2048 -> 256, GELU), L2
 normalisation, then a weight-normalised last layer ``Linear(256, out_dim, bias=False)`` whose
-norm is fixed at 1 (``norm_last_layer``: each output row of the weight is normalised). The
-teacher, a copy of backbone and head updated by EMA with the momentum ramped from
-``base_momentum`` to 1 along a cosine, sees only the two global crops (the recipe's first view
-size); the student sees every crop. Loss: ``selfsup.losses.dino`` with the teacher's
-temperature warmed up linearly from ``warmup_teacher_temp`` over
-``warmup_teacher_temp_epochs``; the centre follows the all-reduced mean of the teacher's
-outputs (``selfsup.losses.dino_center``). The last layer gets no gradient during the first
-``freeze_last_layer_epochs``.
+norm is fixed at 1 (``norm_last_layer``: each output row of the weight is normalised).
+``use_bn_in_head`` adds BatchNorm after both hidden layers: DINO's own option, off in its
+ResNet recipe, on in the built-in demo (see ``dino_demo.yaml`` for why). The teacher, a copy
+of backbone and head updated by EMA with the momentum ramped from ``base_momentum`` to 1 along
+a cosine, sees only the two global crops (the recipe's first view size); the student sees
+every crop. Loss: ``selfsup.losses.dino`` with the teacher's temperature warmed up linearly
+from ``warmup_teacher_temp`` over ``warmup_teacher_temp_epochs``; the centre follows the
+all-reduced mean of the teacher's outputs (``selfsup.losses.dino_center``). The last layer
+gets no gradient during the first ``freeze_last_layer_epochs``.
 """
 
 from __future__ import annotations
@@ -33,12 +34,17 @@ from selfsup.trainer.methods import register
 class DinoHead(nn.Module):
     """MLP -> L2 normalisation -> weight-normalised linear layer with unit-norm rows."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, bn: bool = False
+    ) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
-            nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim),
-        )  # fmt: skip
+        layers: list[nn.Module] = []
+        for dim in (in_dim, hidden_dim):  # two hidden layers: Linear (+ BN) + GELU
+            layers.append(nn.Linear(dim, hidden_dim))
+            if bn:  # DINO's use_bn_in_head
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers, nn.Linear(hidden_dim, bottleneck_dim))
         # weight_norm with g fixed at 1: the layer's weight is v / |v| per output row
         self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
         for m in self.mlp:
@@ -70,12 +76,15 @@ class DINO(nn.Module):
         center_momentum: float = bounded(0.9, 0.0, 1.0)
         base_momentum: float = bounded(0.996, 0.0, 1.0)
         freeze_last_layer_epochs: float = bounded(1.0, 0.0)
+        use_bn_in_head: bool = False
 
     def __init__(self, cfg: Config, backbone: nn.Module, num_features: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        self.head = DinoHead(num_features, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim)
+        self.head = DinoHead(
+            num_features, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.use_bn_in_head
+        )
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(cfg.out_dim))
