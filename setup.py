@@ -31,7 +31,7 @@ setup(
         # (3.0 and 3.1 fail on tl.arange there); releases before 3.4 have no triton.knobs,
         # which selfsup.kernels.triton_interpreting() handles.
         "triton": ["triton>=3.2"],
-        "dev": ["pytest>=7", "ruff>=0.4"],
+        "dev": ["pytest>=7", "ruff>=0.4", "safetensors>=0.4"],
     },
     entry_points={"console_scripts": ["selfsup=selfsup.cli:main"]},
 )

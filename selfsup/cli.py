@@ -3,6 +3,10 @@
     selfsup pretrain [--config NAME|PATH] [key.sub=value ...]
     selfsup pretrain --resume RUN_DIR
     selfsup pretrain --nproc N ...              (or: torchrun --nproc-per-node N -m selfsup ...)
+    selfsup eval knn|linear RUN_DIR|WEIGHTS [--config NAME] [key.sub=value ...]
+    selfsup finetune RUN_DIR --labels 1%|10%|FILE [key.sub=value ...]
+    selfsup distill --teacher RUN_DIR [key.sub=value ...]
+    selfsup export RUN_DIR OUT [--format torchvision|safetensors]
     selfsup pack SRC OUT.beton [--max-res N] [--quality Q] [--workers K]
     selfsup bench loader --data PATH --recipe NAME [--engine cpu|dali|auto] ...
     selfsup list recipes|methods|models|configs
@@ -69,8 +73,10 @@ def _parser() -> argparse.ArgumentParser:
 
     from selfsup.bench import add_parser as add_bench
     from selfsup.bench import run as run_bench
+    from selfsup.downstream.cli import add_parsers as add_downstream
     from selfsup.pipeline.pack import add_parser as add_pack
 
+    add_downstream(sub)
     add_pack(sub)
     add_bench(sub).set_defaults(func=run_bench)
 
@@ -199,8 +205,21 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides may also follow the options
+    (``selfsup eval linear RUN --mode protocol linear.epochs=10``)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return args.func(args)
     except SelfsupError as e:

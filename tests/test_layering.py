@@ -1,5 +1,5 @@
 """The layers depend one way: errors/fields/distributed <- kernels <- pipeline <- trainer <-
-config <- trainer.build, trainer.loop, bench, cli.
+config <- trainer.build, trainer.loop, bench, downstream, cli.
 
 Checked on the source (every ``import`` statement, also inside functions) and by importing a
 layer in a fresh interpreter and looking at what got loaded.
@@ -37,6 +37,7 @@ TOP = (
     "selfsup.config",
     "selfsup.cli",
     "selfsup.bench",
+    "selfsup.downstream",
     "selfsup.__main__",
 )
 

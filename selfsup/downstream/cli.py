@@ -1,0 +1,171 @@
+"""The downstream commands of ``selfsup``: eval, finetune, distill, export.
+
+selfsup eval knn RUN_DIR|WEIGHTS [--config NAME] [--k 10,20,100,200] [key=value ...]
+selfsup eval linear RUN_DIR|WEIGHTS [--mode fast|protocol] [--preset METHOD] [...]
+selfsup export RUN_DIR|WEIGHTS OUT [--format torchvision|safetensors]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from selfsup.errors import ConfigError
+
+TARGET_HELP = (
+    "a run directory (its config.yaml and backbone.pt) or a weights file (.pt/.pth/"
+    ".safetensors, paired with --config)"
+)
+OVERRIDES_HELP = "config overrides, e.g. data.source=folder data.path=/data eval.batch_size=128"
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--k takes comma-separated integers, got {text!r}"
+        ) from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"--k values must be at least 1, got {text!r}")
+    return ks
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="RUN_DIR|WEIGHTS", help=TARGET_HELP)
+    p.add_argument(
+        "--config",
+        help="a config name or YAML file for the model and data (default: the run directory's "
+        "config.yaml; for a weights file: the built-in default)",
+    )
+    p.add_argument("--out", metavar="FILE.json", help="where to write the results as JSON "
+                   "(default: RUN_DIR/<protocol>.json, or beside the weights file)")  # fmt: skip
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help=OVERRIDES_HELP)
+
+
+def add_parsers(sub) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a backbone: weighted k-NN or a linear probe",
+        description="Evaluate a pretrained backbone on the config's data: the train split is "
+        "the k-NN bank, the held-out split is scored. Top-1 and top-5 are printed as a table "
+        "and written as JSON.",
+    )
+    protocols = ev.add_subparsers(dest="protocol", metavar="PROTOCOL")
+    protocols.required = True
+    knn = protocols.add_parser(
+        "knn",
+        help="weighted k-NN on L2-normalised centre-crop features, several k at once",
+        description="Weighted k-NN (cosine similarity, votes exp(sim/T), T = eval."
+        "knn_temperature, 0.07 by default) with the train split as the bank, for every k "
+        "given. Features come from the centre crop (data.eval_size) through the config's "
+        "engine.",
+    )
+    _target_args(knn)
+    knn.add_argument("--k", type=_ks, default=(10, 20, 100, 200),
+                     help="comma-separated k values (default: 10,20,100,200)")  # fmt: skip
+    knn.set_defaults(func=_eval_knn)
+
+    lin = protocols.add_parser(
+        "linear",
+        help="a linear classifier on the frozen backbone (fast sweep, or a paper's protocol)",
+        description="A linear classifier on the frozen backbone (BatchNorm in eval mode). "
+        "--mode fast (default): features extracted once, a sweep of learning rates and "
+        "weight decays scored on a class-balanced part of the train split held out from it, "
+        "the best retrained on the whole train split. --mode protocol: a method paper's "
+        "published recipe (random-resized-crop + flip views every epoch; optimizer, "
+        "learning rate and scaling, weight decay, epochs, schedule; centre-crop evaluation); "
+        "the preset defaults to the run's method. Change one of its settings with "
+        "linear.KEY=VALUE (keys: optimizer, nesterov, momentum, lr, lr_scaling, batch_size, "
+        "weight_decay, epochs, warmup_epochs, schedule, milestones, gamma, fc_init, seed).",
+    )
+    _target_args(lin)
+    lin.add_argument("--mode", choices=("fast", "protocol"), default="fast",
+                     help="default: %(default)s")  # fmt: skip
+    lin.add_argument("--preset", metavar="METHOD",
+                     help="protocol mode: whose published recipe (default: the run's method; "
+                     "simclr, simclrv2, byol, relicv2, moco_v2, moco_v3, swav, dino, "
+                     "barlow_twins, vicreg)")  # fmt: skip
+    lin.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lin.set_defaults(func=_eval_linear)
+
+    exp = sub.add_parser(
+        "export",
+        help="write a run's backbone (and classifier) as torchvision or safetensors weights",
+        description="Write the weights of a run directory (pretrain: the backbone; finetune or "
+        "distill: the backbone and its fc) with torchvision's resnet state-dict names and "
+        "shapes, loadable with torch.load(path, weights_only=True) and "
+        "torchvision.models.resnetNN().load_state_dict. safetensors files carry the run's "
+        "config as metadata. A weights file given instead is re-written with clean names "
+        "(no module. or _orig_mod. prefixes).",
+    )
+    exp.add_argument("target", metavar="RUN_DIR|WEIGHTS", help=TARGET_HELP)
+    exp.add_argument("out", metavar="OUT", help="the file to write (.pth or .safetensors)")
+    exp.add_argument("--format", choices=("torchvision", "safetensors"),
+                     help="default: safetensors for an OUT ending in .safetensors, "
+                     "else torchvision")  # fmt: skip
+    exp.set_defaults(func=_export)
+
+
+def _eval_knn(args: argparse.Namespace) -> int:
+    from selfsup.downstream.evaluate import run_knn, table, write_result
+    from selfsup.downstream.target import open_target
+
+    t = open_target(args.target, args.config, args.overrides)
+    result = run_knn(t, args.k)
+    path = write_result(result, args.out, t, "eval_knn")
+    print(
+        f"k-NN (T={result['temperature']}) of {result['weights']}: "
+        f"{result['eval_images']} held-out images, bank of {result['train_images']}"
+    )
+    rows = [(k, f"{v['top1']:.2f}", f"{v['top5']:.2f}") for k, v in result["k"].items()]
+    print(table(rows, ("k", "top-1 %", "top-5 %")))
+    print(f"written: {path}")
+    return 0
+
+
+def _eval_linear(args: argparse.Namespace) -> int:
+    from selfsup.downstream import linear
+    from selfsup.downstream.evaluate import table, write_result
+    from selfsup.downstream.settings import (
+        LINEAR_PRESETS,
+        pick_preset,
+        split_overrides,
+        with_overrides,
+    )
+    from selfsup.downstream.target import open_target
+
+    overrides, mine = split_overrides(args.overrides, "linear")
+    if args.mode == "fast" and (mine or args.preset):
+        raise ConfigError("--preset and linear.* settings belong to --mode protocol")
+    t = open_target(args.target, args.config, overrides)
+    if args.mode == "fast":
+        result = linear.run_fast(t)
+        what = (
+            f"fast linear probe of {result['weights']}: lr {result['lr']}, weight decay "
+            f"{result['weight_decay']} chosen on {result['holdout_images']} held-out train images"
+        )
+    else:
+        name, preset = pick_preset(LINEAR_PRESETS, args.preset, t.cfg.method.name, "linear")
+        s = with_overrides(preset, mine, "linear")
+        result = linear.run_protocol(t, s, name, progress=not args.no_progress)
+        what = f"linear probe of {result['weights']}, {name}'s protocol ({s.epochs} epochs)"
+    path = write_result(result, args.out, t, f"eval_linear_{args.mode}")
+    print(what)
+    rows = [(result["eval_images"], f"{result['top1']:.2f}", f"{result['top5']:.2f}")]
+    print(table(rows, ("images", "top-1 %", "top-5 %")))
+    print(f"written: {path}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from selfsup.downstream.export import export
+
+    fmt = args.format or ("safetensors" if args.out.endswith(".safetensors") else "torchvision")
+    if fmt == "safetensors" and not args.out.endswith(".safetensors"):
+        raise ConfigError(f"--format safetensors writes a .safetensors file; got {args.out!r}")
+    info = export(args.target, args.out, fmt)
+    fc = " and fc" if info["fc"] else ""
+    print(f"exported {info['architecture']}{fc}: {info['tensors']} tensors to {info['path']}")
+    if info["note"]:
+        print(f"note: {info['note']}")
+    return 0
