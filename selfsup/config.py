@@ -110,6 +110,13 @@ class EvalConfig:
     knn_bank_dtype: str = choice("float32", "float32", "float16", "bfloat16")
     knn_bank_on_host: bool = False
     knn_bank_chunk: int = bounded(65536, 1)
+    # monitoring during pretraining, logged to metrics.jsonl (the trained weights are the same
+    # with it as without it): the k-NN top-1 every knn_every epochs (0 = off; the last epoch
+    # is left to the final evaluation), and a linear classifier trained online on the
+    # training batches' stop-gradient features (its held-out top-1 goes into summary.json)
+    knn_every: int = bounded(0, 0)
+    online_linear: bool = False
+    online_linear_lr: float = bounded(0.1, 0.0)  # SGD, momentum 0.9, no weight decay
 
 
 @dataclass
@@ -252,6 +259,11 @@ def load_config(path: str | Path = "default", overrides: list[str] | None = None
         method.check_config(cfg, where)
     _check_names(cfg, where)
     _check_views(cfg, method, where)
+    if cfg.eval.online_linear and not getattr(method, "online_features", True):
+        raise ConfigError(
+            f"{where}: eval.online_linear trains on the backbone's features of whole images, "
+            f"which method {name!r} never computes; set eval.online_linear=false"
+        )
     return cfg
 
 

@@ -8,6 +8,11 @@ shows the progress bar, writes the run directory (config, metrics, checkpoints, 
 and returns the summary. Logged figures are global: the loss is averaged over ranks, images/sec
 counts the global batch. Setup runs under ``distributed.together``: an error on one rank (a
 missing data path on one node) stops every rank instead of leaving the others waiting.
+
+Optional monitoring (``eval.knn_every``, ``eval.online_linear``) leaves the trained weights
+as they are without it: the k-NN runs between epochs, after the epoch's batches, on the
+backbone in eval mode without gradients, drawing nothing from the global RNG; the online
+classifier (online.py) learns from detached features with its own generator and optimizer.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from selfsup.trainer.build import (
 )
 from selfsup.trainer.checkpoint import load_checkpoint, save_checkpoint
 from selfsup.trainer.evaluate import BANK_DTYPES, extract_features, knn_top1
+from selfsup.trainer.online import OnlineLinear
 from selfsup.trainer.sync_bn import average_bn_buffers
 
 CHECKPOINT = "checkpoints/last.pt"
@@ -126,6 +132,14 @@ def pretrain(
     last_step = min(total_steps, cfg.train.max_steps or total_steps)
     lr_at = lr_schedule(cfg, model.base_lr, steps_per_epoch)
 
+    online = None
+    if cfg.eval.online_linear:  # a probe on the stop-gradient features; see online.py
+        dtype = next(method.backbone.parameters()).dtype  # float64 for fp64 runs
+        online = OnlineLinear(
+            method, loader.source.num_classes, lr=cfg.eval.online_linear_lr,
+            seed=cfg.train.seed, device=device, dtype=dtype,
+        )  # fmt: skip
+
     step = 0
     if state is not None:
         method.load_state_dict(state["model"])
@@ -134,6 +148,8 @@ def pretrain(
         loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
+        if online is not None and "online_linear" in state:
+            online.load_state_dict(state["online_linear"])
 
     metrics_path = run_dir / "metrics.jsonl"
     bad_reported = 0
@@ -166,6 +182,7 @@ def pretrain(
                     "torch_rng": torch.get_rng_state(),
                     "config": config_to_dict(cfg),
                     "launch": launch.record(),
+                    **({"online_linear": online.state_dict()} if online else {}),
                 },
                 run_dir / CHECKPOINT,
             )
@@ -187,12 +204,15 @@ def pretrain(
     )  # fmt: skip
     images_per_step = launch.global_batch
     t_log, step_log = time.time(), step
+    postfix = {}
     model.forward.train()
     try:
         while step < last_step:
             loader.set_epoch(step // steps_per_epoch)
             for batch in loader:
                 loss = train_step(model, batch.views, lr_at(step), device, step=step)
+                if online is not None:
+                    online.update(batch.labels)
                 nonfinite |= ~torch.isfinite(loss)
                 step += 1
                 bar.update(1)
@@ -208,17 +228,35 @@ def pretrain(
                         "lr": lr_at(step - 1), "images_per_sec": round(ips, 1),
                         "time": round(now - t_start, 2),
                     }  # fmt: skip
+                    postfix.update(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
+                    if online is not None:  # top-1 on the batches since the last line
+                        top1 = round(online.train_top1(), 2)  # a collective
+                        record["online_linear_top1"] = postfix["online"] = top1
                     if main:
                         _log(metrics_path, record)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
+                    bar.set_postfix(postfix)
                     report_bad_samples()
                 if step % cfg.train.checkpoint_every == 0 or end_of_epoch or step == last_step:
                     checkpoint()
                 if step >= last_step:
                     break
+            # Between epochs, the epoch's batches all consumed and its checkpoint written (BN
+            # statistics averaged over the ranks): the k-NN every eval.knn_every epochs. The
+            # last epoch is the final evaluation's, when there is one. A collective.
+            epoch = step // steps_per_epoch
+            every = cfg.eval.knn_every
+            due = every and step % steps_per_epoch == 0 and epoch % every == 0
+            if due and (step < last_step or not cfg.eval.knn):
+                acc = knn_of(cfg, method.backbone, device)
+                if main:
+                    _log(metrics_path, {"step": step, "epoch": epoch, "knn_top1": acc})
+                postfix["knn"] = acc
+                bar.set_postfix(postfix)
     finally:
         bar.close()
         loader.close()
+        if online is not None:
+            online.close()
 
     bad_samples = sum(distributed.gather_objects([str(s) for s in loader.bad_samples]), [])
     summary = {
@@ -230,8 +268,14 @@ def pretrain(
         "global_batch": launch.global_batch,
         "bad_samples": bad_samples,
     }
+    val = None
+    if online is not None:  # the held-out split's raw features; the k-NN reuses them
+        val_f, val_y = features(cfg, method.backbone, device, cfg.data.val_split, normalize=False)
+        acc = online.top1(val_f, val_y) if main else None
+        summary["online_linear_top1"] = round(distributed.broadcast_object(acc), 2)
+        val = torch.nn.functional.normalize(val_f, dim=1), val_y
     if cfg.eval.knn:
-        summary.update(evaluate_knn(cfg, method.backbone, device))
+        summary.update(evaluate_knn(cfg, method.backbone, device, val))
     summary["total_seconds"] = round(time.time() - t_start, 1)
     if main:
         torch.save(method.backbone.state_dict(), run_dir / "backbone.pt")
@@ -240,34 +284,46 @@ def pretrain(
     return summary
 
 
-def evaluate_knn(cfg: Config, backbone, device: torch.device) -> dict:
+def evaluate_knn(cfg: Config, backbone, device: torch.device, val=None) -> dict:
     """k-NN top-1 on the held-out split, for ``backbone`` and (optionally) a random init.
 
-    Across processes each rank extracts its share of the features and every rank gets them all;
-    the k-NN runs on rank 0 and its numbers are broadcast, so every rank returns the same."""
-    data, ev = cfg.data, cfg.eval
-    train_source = open_split(data, data.train_split, progress=False)
-    val_source = open_split(data, data.val_split, progress=False)
-    nets = {"knn_top1": backbone}
-    if ev.random_init_baseline:
+    ``val``: the held-out split's L2-normalised features of ``backbone`` and their labels,
+    when already extracted. A collective; every rank returns the same."""
+    out = {"knn_top1": knn_of(cfg, backbone, device, val)}
+    if cfg.eval.random_init_baseline:
         torch.manual_seed(cfg.train.seed)  # the same initial weights the run started from
-        nets["knn_top1_random_init"] = build_backbone(cfg).to(device)
-    world = distributed.world_size()
-    kw = dict(
-        size=data.eval_size, batch_size=max(1, ev.batch_size // world), device=device,
-        threads=data.threads or distributed.cores_per_process(),
-        reduced_decode=data.reduced_decode, engine=data.engine,
-    )  # fmt: skip
-    bank = dict(dtype=BANK_DTYPES[ev.knn_bank_dtype], on_host=ev.knn_bank_on_host)
-    out = {}
-    for key, net in nets.items():
-        train_f, train_y = extract_features(net, train_source, **kw, **bank)
-        val_f, val_y = extract_features(net, val_source, **kw)
-        acc = None
-        if distributed.is_main():
-            acc = knn_top1(
-                train_f, train_y, val_f, val_y, k=ev.knn_k, temperature=ev.knn_temperature,
-                bank_chunk=ev.knn_bank_chunk if ev.knn_bank_on_host else None, device=device,
-            )  # fmt: skip
-        out[key] = round(distributed.broadcast_object(acc), 2)
+        out["knn_top1_random_init"] = knn_of(cfg, build_backbone(cfg).to(device), device)
     return out
+
+
+def knn_of(cfg: Config, backbone, device: torch.device, val=None) -> float:
+    """The k-NN top-1 (percent, 2 decimals) of ``backbone`` on the held-out split, its bank
+    the training split. Across processes each rank extracts its share of the features and
+    every rank gets them all; the k-NN runs on rank 0 and its number is broadcast, so every
+    rank returns the same."""
+    ev = cfg.eval
+    train_f, train_y = features(cfg, backbone, device, cfg.data.train_split, bank=True)
+    val_f, val_y = val if val is not None else features(cfg, backbone, device, cfg.data.val_split)
+    acc = None
+    if distributed.is_main():
+        acc = knn_top1(
+            train_f, train_y, val_f, val_y, k=ev.knn_k, temperature=ev.knn_temperature,
+            bank_chunk=ev.knn_bank_chunk if ev.knn_bank_on_host else None, device=device,
+        )  # fmt: skip
+    return round(distributed.broadcast_object(acc), 2)
+
+
+def features(
+    cfg: Config, backbone, device: torch.device, split: str, *, bank=False, normalize=True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``extract_features`` of ``split`` with the config's evaluation settings (``bank``: in
+    the k-NN bank's dtype and place). A collective: every rank gets every feature."""
+    data, ev = cfg.data, cfg.eval
+    kw = dict(
+        size=data.eval_size, batch_size=max(1, ev.batch_size // distributed.world_size()),
+        device=device, threads=data.threads or distributed.cores_per_process(),
+        reduced_decode=data.reduced_decode, engine=data.engine, normalize=normalize,
+    )  # fmt: skip
+    if bank:
+        kw.update(dtype=BANK_DTYPES[ev.knn_bank_dtype], on_host=ev.knn_bank_on_host)
+    return extract_features(backbone, open_split(data, split, progress=False), **kw)

@@ -65,6 +65,7 @@ class Jigsaw(nn.Module):
     recipe = "jigsaw"
     min_views = 1
     sync_bn = False
+    online_features = False  # the backbone sees tiles, never whole images: no eval.online_linear
 
     @dataclass
     class Config:
