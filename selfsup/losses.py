@@ -32,6 +32,7 @@ __all__ = [
     "byol",
     "dino",
     "dino_center",
+    "distillation",
     "info_nce",
     "moco",
     "moco_v3",
@@ -260,3 +261,17 @@ def dino_center(teacher: torch.Tensor, center: torch.Tensor, momentum: float = 0
     total = distributed.all_reduce_(teacher.float().sum((0, 1)))
     count = _global_rows(teacher.flatten(0, 1).float())
     return center * momentum + total / count * (1 - momentum)
+
+
+def distillation(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Knowledge distillation (SimCLRv2's step 3): the cross-entropy between the teacher's and
+    the student's class distributions softened by ``temperature``,
+    ``-sum_y softmax(t / T)_y * log softmax(s / T)_y``, averaged over this rank's rows and
+    multiplied by ``T^2`` (Hinton et al.; SimCLRv2's released distillation code does the
+    same, which keeps the gradient's size independent of T). No gradient reaches the teacher.
+    [N, C] logits each."""
+    s, t = _f32(student_logits, teacher_logits.detach())
+    target = F.softmax(t / temperature, dim=1)
+    return -(target * F.log_softmax(s / temperature, dim=1)).sum(1).mean() * temperature**2

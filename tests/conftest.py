@@ -52,6 +52,22 @@ def tiny_overrides(synthetic_root, tmp_path) -> list[str]:
     ]
 
 
+@pytest.fixture
+def untrained_run_dir(tiny_overrides, tmp_path) -> Path:
+    """A run directory as selfsup pretrain leaves it (config.yaml, backbone.pt) for the tiny
+    config, with the untrained backbone's weights (seed 0)."""
+    from selfsup.config import dump_config, load_config
+    from selfsup.trainer.build import build_backbone
+
+    cfg = load_config("default", tiny_overrides)
+    d = tmp_path / "runs" / "tiny"
+    d.mkdir(parents=True)
+    dump_config(cfg, d / "config.yaml")
+    torch.manual_seed(0)
+    torch.save(build_backbone(cfg).state_dict(), d / "backbone.pt")
+    return d
+
+
 def recompute_knn(cfg, run_dir: Path) -> float:
     """k-NN top-1 of the run's saved backbone.pt on its held-out split, computed afresh (the
     number summary.json must hold)."""

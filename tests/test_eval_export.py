@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from selfsup.cli import main
-from selfsup.config import dump_config, load_config
+from selfsup.config import load_config
 from selfsup.downstream.linear import fast_probe_on_features, train_protocol_classifier
 from selfsup.downstream.settings import Supervised
 from selfsup.downstream.weights import clean_names, load_safetensors, save_safetensors
@@ -26,15 +26,8 @@ from tests.test_models import RESNET18_KEYS
 
 
 @pytest.fixture
-def run_dir(tiny_overrides, tmp_path):
-    """A run directory as selfsup pretrain leaves it (config.yaml, backbone.pt), untrained."""
-    cfg = load_config("default", tiny_overrides)
-    d = tmp_path / "runs" / "tiny"
-    d.mkdir(parents=True)
-    dump_config(cfg, d / "config.yaml")
-    torch.manual_seed(0)
-    torch.save(build_backbone(cfg).state_dict(), d / "backbone.pt")
-    return d
+def run_dir(untrained_run_dir):
+    return untrained_run_dir
 
 
 def ridge_predictions(x_train, y_train, x_test, num_classes, lam=1e-3):

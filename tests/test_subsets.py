@@ -124,13 +124,23 @@ def test_folder_names_are_file_base_names(train):
     assert names == [os.path.basename(p) for p in train.paths]
 
 
-def test_colliding_base_names_are_an_error(tmp_path):
+def test_colliding_base_names_fall_back_to_relative_paths(tmp_path):
+    # the built-in dataset's layout: 00000.jpg in every class folder
     _write_split(tmp_path / "train", (2, 2))
     nested = tmp_path / "train" / "n00000001" / "extra"
     nested.mkdir()
     (nested / "n00000001_0.JPEG").write_bytes(_png(1))
+    src = ImageFolderSource(tmp_path / "train")
+    names = sample_names(src)
+    assert "n00000001/extra/n00000001_0.JPEG" in names and "n00000001/n00000001_0.JPEG" in names
+    assert len(set(names)) == len(names) == 5
+    f = _label_file(tmp_path / "l.txt", ["n00000001/extra/n00000001_0.JPEG"])
+    (i,) = select_subset(src, str(f))
+    assert src.paths[i].endswith("extra/n00000001_0.JPEG")
+    # a bare base name no longer says which of the two images it means: unknown
+    f = _label_file(tmp_path / "l2.txt", ["n00000001_0.JPEG"])
     with pytest.raises(DataError) as err:
-        sample_names(ImageFolderSource(tmp_path / "train"))
+        select_subset(src, str(f))
     assert "n00000001_0.JPEG" in _one_line(err)
 
 

@@ -88,6 +88,65 @@ def add_parsers(sub) -> None:
     lin.add_argument("--no-progress", action="store_true", help="no progress bar")
     lin.set_defaults(func=_eval_linear)
 
+    ft = sub.add_parser(
+        "finetune",
+        help="fine-tune the whole network on a few labels (1%%, 10%%, K/class or a file)",
+        description="Fine-tune a pretrained network on a labelled subset of the train split "
+        "(crop-and-flip views, a zero-initialised classifier; SimCLRv2 from its projection "
+        "head's first layer) and score it on the whole held-out split. Settings: the method "
+        "paper's preset (simclrv2, swav, barlow_twins, vicreg; others use simclrv2's) in its "
+        "1%% or 10%% variant, changed key by key with finetune.KEY=VALUE (keys as for eval "
+        "linear, plus lr_backbone). The batch is capped at the subset's size. Writes a run "
+        "directory (run_dir/<run>-finetune-<labels>) with network.pt, backbone.pt, labels.txt, "
+        "metrics.jsonl and summary.json.",
+    )
+    ft.add_argument("target", metavar="RUN_DIR|WEIGHTS", help=TARGET_HELP)
+    ft.add_argument("--labels", required=True, metavar="SPEC",
+                    help="P%% of every class (1%%, 10%%), K/class, or a file naming the "
+                    "labelled images one per line (SimCLR's 1percent.txt format)")  # fmt: skip
+    ft.add_argument("--preset", metavar="METHOD", help="whose recipe (default: the run's "
+                    "method if it has one, else simclrv2)")  # fmt: skip
+    ft.add_argument(
+        "--random-init",
+        action="store_true",
+        help="start from random weights of the same architecture (the baseline)",
+    )
+    ft.add_argument("--head-layers", type=int, metavar="K",
+                    help="projection-head layers kept under the classifier (default: the "
+                    "preset's; 1 for simclrv2, else 0)")  # fmt: skip
+    ft.add_argument("--config", help="config for a weights file (default: the built-in one)")
+    ft.add_argument("--name", help="the run directory's name under run_dir")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ft.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                    help="finetune.KEY=VALUE settings and config overrides")  # fmt: skip
+    ft.set_defaults(func=_finetune)
+
+    ds = sub.add_parser(
+        "distill",
+        help="train a student from a fine-tuned teacher on all training images",
+        description="Distil a fine-tuned network (a selfsup finetune run directory) into a "
+        "student trained from random weights on every training image, labels unused: "
+        "--mode soft (SimCLRv2): the teacher's temperature-softened predictions on the same "
+        "crop-and-flip views, cross-entropy times T^2; --mode hard (self-training): confident "
+        "pseudo-labels from the teacher's centre crops, class-balanced, with noisier views for "
+        "the student. The student has the teacher's architecture unless model.* overrides "
+        "change it (temperature 0.1 then, 1.0 for another architecture). Settings: "
+        "distill.KEY=VALUE (as finetune's, plus temperature, alpha, threshold, balance, "
+        "student_recipe, dropout); defaults are SimCLRv2's pretraining schedule (LARS 0.075 x "
+        "sqrt(batch), batch 4096, 400 epochs).",
+    )
+    ds.add_argument("--teacher", required=True, metavar="RUN_DIR",
+                    help="a selfsup finetune (or distill) run directory")  # fmt: skip
+    ds.add_argument("--mode", choices=("soft", "hard"), help="default: soft")
+    ds.add_argument("--labels", metavar="SPEC", help="a labelled subset for the label "
+                    "term (distill.alpha < 1); hard mode adds it with its true labels")  # fmt: skip
+    ds.add_argument("--name", help="the run directory's name under run_dir")
+    ds.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ds.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                    help="distill.KEY=VALUE settings and config overrides (model.arch=... for "
+                    "another student)")  # fmt: skip
+    ds.set_defaults(func=_distill)
+
     exp = sub.add_parser(
         "export",
         help="write a run's backbone (and classifier) as torchvision or safetensors weights",
@@ -155,6 +214,65 @@ def _eval_linear(args: argparse.Namespace) -> int:
     print(table(rows, ("images", "top-1 %", "top-5 %")))
     print(f"written: {path}")
     return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from selfsup.downstream.finetune import finetune
+    from selfsup.downstream.settings import split_overrides
+    from selfsup.downstream.target import open_target
+
+    overrides, mine = split_overrides(args.overrides, "finetune")
+    if args.head_layers is not None and args.head_layers < 0:
+        raise ConfigError(f"--head-layers must be 0 or more, got {args.head_layers}")
+    t = open_target(args.target, args.config, overrides)
+    s = finetune(
+        t, args.labels, preset=args.preset, settings=mine, random_init=args.random_init,
+        head_layers=args.head_layers, name=args.name, progress=not args.no_progress,
+    )  # fmt: skip
+    print(f"run directory: {s['run_dir']}")
+    print(
+        f"fine-tuned from {s['from']} on {s['labelled_images']} labelled images "
+        f"({s['labels']}, {s['per_class']['min']}-{s['per_class']['max']} per class), "
+        f"{s['preset']} preset, {s['settings']['epochs']} epochs, {s['seconds']:.0f} s"
+    )
+    rows = [(s["eval_images"], f"{s['top1']:.2f}", f"{s['top5']:.2f}")]
+    print(table_of(rows))
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from selfsup.downstream.distill import distill
+    from selfsup.downstream.settings import split_overrides
+
+    overrides, mine = split_overrides(args.overrides, "distill")
+    if args.mode:
+        mine["mode"] = args.mode
+    s = distill(Path(args.teacher), overrides, mine, labels=args.labels, name=args.name,
+                progress=not args.no_progress)  # fmt: skip
+    print(f"run directory: {s['run_dir']}")
+    extra = ""
+    if s["pseudo_labels"]:
+        p = s["pseudo_labels"]
+        extra = f", {p['confident']} confident pseudo-labels, {p['used']} used"
+    print(
+        f"distilled ({s['mode']}, T={s['temperature']}) from {s['teacher']} on "
+        f"{s['student_images']} images{extra}, {s['settings']['epochs']} epochs, "
+        f"{s['seconds']:.0f} s"
+    )
+    rows = [("teacher", s["eval_images"], f"{s['teacher_top1']:.2f}", f"{s['teacher_top5']:.2f}"),
+            ("student", s["eval_images"], f"{s['top1']:.2f}", f"{s['top5']:.2f}")]  # fmt: skip
+    from selfsup.downstream.evaluate import table
+
+    print(table(rows, ("network", "images", "top-1 %", "top-5 %")))
+    return 0
+
+
+def table_of(rows) -> str:
+    from selfsup.downstream.evaluate import table
+
+    return table(rows, ("images", "top-1 %", "top-5 %"))
 
 
 def _export(args: argparse.Namespace) -> int:

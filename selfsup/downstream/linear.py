@@ -128,6 +128,7 @@ def train_protocol_classifier(
     batch = min(s.batch_size, len(train_source))
     loader = Loader(
         train_source, "supervised", batch, device, s.seed, size=size, threads=threads,
+        view_overrides={"scale": s.crop_scale},
         engine=engine, reduced_decode=reduced_decode, drop_last=True,
     )  # fmt: skip
     fc = new_fc(backbone.num_features, num_classes, s.fc_init, s.seed).to(device)

@@ -37,7 +37,14 @@ class Supervised:
     milestones: list[int] = field(default_factory=list)  # step schedule: epochs of each drop
     gamma: float = bounded(0.1, 0.0, 1.0)  # step schedule: the factor at each milestone
     fc_init: str = choice("zero", "zero", "normal")  # normal: N(0, 0.01) (MoCo v3), bias 0
+    # the training views' random-resized-crop area range (Inception's (0.08, 1) in every paper)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"crop_scale must satisfy 0 < low <= high <= 1, got {lo}, {hi}")
 
     def scaled(self, lr: float) -> float:
         """``lr`` scaled by the batch as ``lr_scaling`` says."""
@@ -54,6 +61,26 @@ class Supervised:
             return self.gamma ** sum(epoch >= m for m in self.milestones)
         span = max(self.epochs - self.warmup_epochs, 1e-9)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - self.warmup_epochs) / span)))
+
+
+@dataclass
+class Distill(Supervised):
+    """Distillation: :class:`Supervised`'s optimisation settings plus how the teacher teaches."""
+
+    # soft: the teacher's softened predictions on the student's own views (SimCLRv2);
+    # hard: confident pseudo-labels from the teacher's centre crops, class-balanced, and
+    # noisier views for the student (self-training, as Noisy Student)
+    mode: str = choice("soft", "soft", "hard")
+    # softmax temperature; None: 0.1 for a student of the teacher's architecture
+    # (self-distillation), 1.0 for another (SimCLRv2's two settings)
+    temperature: float | None = None
+    # weight of the distillation term; the labelled subset's cross-entropy gets 1 - alpha
+    # (SimCLRv2: L = (1 - a) * CE(labels) + a * L_distill; 1: labels unused)
+    alpha: float = bounded(1.0, 0.0, 1.0)
+    threshold: float = bounded(0.3, 0.0, 1.0)  # hard: the least teacher confidence kept
+    balance: bool = True  # hard: as many pseudo-labelled images of every class
+    student_recipe: str = "simclr"  # hard: the student's views (this recipe's first view)
+    dropout: float = bounded(0.0, 0.0, 0.99)  # before the student's fc (Noisy Student: 0.5)
 
 
 def _s(**kw) -> Supervised:
@@ -126,6 +153,13 @@ FINETUNE_PRESETS: dict[str, dict[str, Supervised]] = {
         "10%": _s(lr=0.1, lr_backbone=0.01, lr_scaling="none", epochs=20),
     },
 }
+# The student trains like SimCLRv2's pretraining: LARS 0.075 x sqrt(batch) (4096), weight
+# decay 1e-4, 400 epochs with a warm-up over the first 5% (methods_more.md section 7).
+DISTILL_DEFAULT = Distill(
+    optimizer="lars", lr=0.075, lr_scaling="sqrt", batch_size=4096, weight_decay=1e-4,
+    epochs=400, warmup_epochs=20,
+)  # fmt: skip
+
 FINETUNE_HEAD_LAYERS = {"simclrv2": 1}  # SimCLRv2 fine-tunes from the head's first layer
 
 
@@ -161,4 +195,4 @@ def split_overrides(overrides: list[str], prefix: str) -> tuple[list[str], dict]
 def with_overrides(base: Supervised, values: dict, prefix: str) -> Supervised:
     """``base`` with ``values`` (``prefix.key`` on the command line) replaced, validated."""
     data = {**dataclasses.asdict(base), **values}
-    return build_dataclass(Supervised, data, prefix + ".", "command line")
+    return build_dataclass(type(base), data, prefix + ".", "command line")

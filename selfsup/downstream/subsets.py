@@ -12,10 +12,12 @@ of the training split, given by ``SPEC``:
   class that has samples must have at least K. Handy for tiny data sets.
 - anything else is the path of a text file naming the labelled images, one per line, as in
   SimCLR's ``1percent.txt`` / ``10percent.txt`` (``n01440764_10026.JPEG``). Lines are
-  stripped; blank lines and lines starting with ``#`` are skipped; a line holding a path counts
-  by its base name; a name listed twice counts once. In an image folder a line must equal an
-  image's file name; in tar shards it is matched, like webdataset keys, up to the first dot of
-  its base name (``n01440764_10026.JPEG`` names the sample stored as ``n01440764_10026.jpg``).
+  stripped; blank lines and lines starting with ``#`` are skipped; a name listed twice counts
+  once. In an image folder a line must equal an image's file name; when file names repeat
+  across class folders (the built-in dataset's ``00000.jpg``), names are paths relative to the
+  split's root (``circle/00000.jpg``), and a line holding a longer path counts by its base
+  name. In tar shards a line is matched, like webdataset keys, up to the first dot of its
+  base name (``n01440764_10026.JPEG`` names the sample stored as ``n01440764_10026.jpg``).
   Sources without file names (``.beton``, arrays) cannot be subset by a file.
 
 Subsets are indices into the training source, so they never include an evaluation image; a
@@ -123,13 +125,17 @@ def source_labels(source: Source) -> np.ndarray:
 
 def sample_names(source: Source) -> list[str]:
     """The name a label file uses for each sample: an image folder's file base names
-    (``n01440764_10026.JPEG``), a tar shard sample's key base name (``n01440764_10026``).
+    (``n01440764_10026.JPEG``; paths relative to the folder when base names repeat), a tar
+    shard sample's key base name (``n01440764_10026``).
     DataError for sources without names, or when two samples share a name."""
     if isinstance(source, SubsetSource):
         inner = sample_names(source.source)
         names = [inner[i] for i in source.indices]
     elif isinstance(source, ImageFolderSource):
         names = [os.path.basename(p) for p in source.paths]
+        if len(set(names)) != len(names):  # e.g. 00000.jpg in every class: class/00000.jpg
+            root = str(source.root)
+            names = [os.path.relpath(p, root).replace(os.sep, "/") for p in source.paths]
     elif isinstance(source, TarShardSource):
         names = [posixpath.basename(source.key(i)) for i in range(len(source))]
     else:
@@ -256,7 +262,10 @@ def _from_file(source: Source, path: Path) -> np.ndarray:
     index = {key(n): i for i, n in enumerate(names)}
     if len(index) != len(names):  # two tar keys alike up to a dot: cannot tell them apart
         _check_unique([key(n) for n in names], source)
-    wanted = {key(n): n for n in read_label_file(path)}
+    wanted = {}
+    for line in read_label_file(path):  # as written (class/00000.jpg), else its base name
+        k = key(line) if key(line) in index else key(posixpath.basename(line))
+        wanted[k] = line
     unknown = [shown for k, shown in wanted.items() if k not in index]
     if unknown:
         raise DataError(
@@ -278,7 +287,7 @@ def _tar_key(name: str) -> str:
 
 
 def read_label_file(path: str | Path) -> list[str]:
-    """The image base names a label file lists, in file order (duplicates kept)."""
+    """The image names a label file lists, in file order (duplicates kept)."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -288,7 +297,7 @@ def read_label_file(path: str | Path) -> list[str]:
         ) from None
     except OSError as e:
         raise DataError(f"labels file {path} cannot be read ({e.strerror or e})") from None
-    names = [posixpath.basename(s) for s in (ln.strip() for ln in text.splitlines())]
+    names = [s.replace("\\", "/") for s in (ln.strip() for ln in text.splitlines())]
     names = [s for s in names if s and not s.startswith("#")]
     if not names:
         raise DataError(

@@ -15,7 +15,12 @@ from torch import nn
 
 class Classifier(nn.Module):
     def __init__(
-        self, backbone: nn.Module, head: nn.Module | None, num_classes: int, zero_init=True
+        self,
+        backbone: nn.Module,
+        head: nn.Module | None,
+        num_classes: int,
+        zero_init: bool = True,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.backbone = backbone
@@ -24,6 +29,8 @@ class Classifier(nn.Module):
         for m in self.head.modules():
             if isinstance(m, nn.Linear):
                 width = m.out_features
+        # dropout before fc: a self-trained student's noise (Noisy Student); no parameters
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc = nn.Linear(width, num_classes)
         if zero_init:
             nn.init.zeros_(self.fc.weight)
@@ -38,4 +45,4 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        return self.fc(self.drop(self.features(x)))
