@@ -18,7 +18,7 @@ TEST_ENV = SELFSUP_FFCV_PYTHON=$(abspath $(FFCV_VENV))/bin/python SELFSUP_REQUIR
 	SELFSUP_REQUIRE_DALI=1 SELFSUP_REQUIRE_TRITON=1 \
 	SELFSUP_PIP_CONSTRAINTS=$(if $(CONSTRAINTS),$(abspath $(CONSTRAINTS)))
 
-.PHONY: install install-test demo test test-gpu lint clean
+.PHONY: install install-test demo test test-gpu lint clean whole-path
 
 $(VENV)/.installed: setup.py $(wildcard constraints/*.txt)
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ demo: install
 
 test: install-test
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -q -m 'not gpu'
+
+# The whole path on the built-in data: pretrain, k-NN, linear probe, fine-tuning on 10% of
+# the labels (pretrained and from random init), distillation; prints the README's table.
+whole-path: install
+	$(VENV)/bin/python benchmarks/whole_path.py --out runs/whole-path-$(shell date +%Y%m%d-%H%M%S)
 
 test-gpu: install-test
 	$(VENV)/bin/python -m pytest -q -m gpu

@@ -137,3 +137,29 @@ def test_errors_are_one_line(untrained_run_dir, finetuned, tmp_path, capsys):
     assert_one_line_error(code, capsys.readouterr().err, r"holds no classifier")
     code = main(["distill", "--teacher", str(finetuned), "distill.alpha=0.5", *DS])
     assert_one_line_error(code, capsys.readouterr().err, r"no --labels subset")
+
+
+def test_simclrv2_fine_tunes_from_its_heads_first_layer(tiny_overrides, tmp_path, capsys):
+    from selfsup.config import load_config
+    from selfsup.trainer.loop import pretrain
+
+    over = ["method.name=simclrv2", "name=v2", "train.max_steps=2", "eval.knn=false"]
+    cfg = load_config("tests/tiny.yaml", [*tiny_overrides, *over])
+    run = pretrain(cfg, progress=False)["run_dir"]
+    assert main(["finetune", run, "--labels", "2/class", "--name", "v2ft", *FT]) == 0
+    s = json.loads((tmp_path / "runs" / "v2ft" / "summary.json").read_text())
+    assert s["preset"].startswith("simclrv2") and s["head_layers"] == 1
+    # the head layer starts from the pretrained projector's first layer
+    ckpt = torch.load(f"{run}/checkpoints/last.pt", weights_only=True)["model"]
+    from selfsup.downstream.target import build_network
+
+    net = build_network(cfg, 1, 10, method_state=ckpt)
+    assert torch.equal(net.head[0].weight, ckpt["projector.0.weight"])
+    assert net.fc.in_features == net.head[0].out_features
+    _, ft = load_network(tmp_path / "runs" / "v2ft")
+    assert ft.head_layers == 1
+    # torchvision's ResNet has no place for the head layer: the backbone alone, said so
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "runs" / "v2ft"), str(tmp_path / "v2.pth")]) == 0
+    assert "no place for" in capsys.readouterr().out
+    assert "fc.weight" not in torch.load(tmp_path / "v2.pth", weights_only=True)

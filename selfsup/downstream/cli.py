@@ -233,7 +233,8 @@ def _finetune(args: argparse.Namespace) -> int:
     print(
         f"fine-tuned from {s['from']} on {s['labelled_images']} labelled images "
         f"({s['labels']}, {s['per_class']['min']}-{s['per_class']['max']} per class), "
-        f"{s['preset']} preset, {s['settings']['epochs']} epochs, {s['seconds']:.0f} s"
+        f"{s['preset']} preset{_changed(s['changed'])}, {s['settings']['epochs']} epochs, "
+        f"{s['seconds']:.0f} s"
     )
     rows = [(s["eval_images"], f"{s['top1']:.2f}", f"{s['top5']:.2f}")]
     print(table_of(rows))
@@ -267,6 +268,10 @@ def _distill(args: argparse.Namespace) -> int:
 
     print(table(rows, ("network", "images", "top-1 %", "top-5 %")))
     return 0
+
+
+def _changed(keys: list[str]) -> str:
+    return f" with {', '.join(keys)} changed" if keys else ""
 
 
 def table_of(rows) -> str:

@@ -104,7 +104,7 @@ def finetune(
     cfg = t.cfg
     data = cfg.data
     device = eval_device(cfg)
-    seed = (settings or {}).get("seed", 0)
+    seed = with_overrides(Supervised(), settings or {}, "finetune").seed  # checked first
     source, subset, info = labelled_subset(cfg, labels, seed)
     fraction = info["labelled_images"] / info["train_images"]
     preset_name, base = preset_for(cfg.method.name, preset, fraction)
@@ -131,7 +131,8 @@ def finetune(
     dump_config(cfg, run_dir / "config.yaml")
     record = {
         "from": "random init" if random_init else t.where, "preset": preset_name,
-        "head_layers": head_layers, **info, "settings": dataclasses.asdict(s),
+        "changed": sorted(settings or {}), "head_layers": head_layers, **info,
+        "settings": dataclasses.asdict(s),
     }  # fmt: skip
     (run_dir / "finetune.json").write_text(json.dumps(record, indent=2) + "\n")
     _write_names(subset, run_dir / "labels.txt")
