@@ -65,8 +65,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--data",
         required=True,
         metavar="PATH",
-        help=f"an image folder in ImageNet layout (PATH/<class>/*.jpg), or {SYNTHETIC_PHOTOS} "
-        "for the built-in ImageNet-like photo set",
+        help="an image folder in ImageNet layout (PATH/<class>/*.jpg), a .beton file, a .tar "
+        f"shard or a directory of them, or {SYNTHETIC_PHOTOS} for the built-in ImageNet-like "
+        "photo set",
     )
     p.add_argument(
         "--photos",
@@ -122,6 +123,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="selfsup views area-average crops that shrink by more than 1.5x (ViewSpec."
         "antialias), as the Pillow reference always antialiases its resizes",
+    )
+    p.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=0.01,
+        metavar="F",
+        help="undecodable samples are passed over and counted by both loaders; above this "
+        "fraction the benchmark stops, naming the first (default: %(default)s, as "
+        "data.max_bad_fraction)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_step_parser(sub)
@@ -214,6 +224,7 @@ def _loader(args: argparse.Namespace) -> int:
         crop_flip_only=args.crop_flip_only,
         antialias=args.antialias,
         progress=not args.no_progress,
+        max_bad_fraction=args.max_bad_fraction,
     )
     result = bench_loader(cfg)
     print(format_report(result))

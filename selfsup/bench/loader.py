@@ -53,6 +53,7 @@ class BenchConfig:
     crop_flip_only: bool = False
     antialias: bool = False  # selfsup views area-average large shrinks (Pillow always does)
     progress: bool = True
+    max_bad_fraction: float = 0.01  # the selfsup Loader stops above it, as in training
 
 
 @dataclass
@@ -65,6 +66,7 @@ class RunResult:
     batch_size: int
     parallelism: str  # "2 threads" / "2 workers"
     engine: str | None = None
+    bad_samples: int = 0  # undecodable samples passed over (warm-up and timed batches)
 
 
 class RepeatedSource:
@@ -89,19 +91,52 @@ class RepeatedSource:
 # ---------------------------------------------------------------------------------------
 
 
+DATA_KINDS = (
+    "an image folder in ImageNet layout (root/<class>/*.jpg), a .beton file, a .tar shard or "
+    f"a directory of .tar shards, or {SYNTHETIC_PHOTOS} for the built-in photo set"
+)
+
+
 def resolve_data(data: str, photos: int, seed: int = 0, progress: bool = True) -> Path:
-    """The image folder to read: ``data`` itself, or the built-in photo set for the keyword."""
+    """The path to read: ``data`` itself, or the built-in photo set for the keyword."""
     if data == SYNTHETIC_PHOTOS:
         from selfsup.bench.photos import ensure_photos
 
         return ensure_photos(count=photos, seed=seed, progress=progress)
     root = Path(data).expanduser()
-    if not root.is_dir():
-        raise DataError(
-            f"--data {data!r} is not a directory; give an image folder in ImageNet layout "
-            f"(root/<class>/*.jpg) or --data {SYNTHETIC_PHOTOS} for the built-in photo set"
-        )
+    if not root.exists():
+        raise DataError(f"--data {data!r} does not exist; give {DATA_KINDS}")
     return root
+
+
+def open_source(path: Path):
+    """The source for ``--data``: a .beton file, tar shards (one file, or every .tar in a
+    directory) or an image folder."""
+    from selfsup.pipeline.sources import BetonSource, TarShardSource
+
+    if path.is_file():
+        if path.suffix == ".beton":
+            return BetonSource(path)
+        if path.suffix == ".tar":
+            return TarShardSource([path])
+        raise DataError(f"--data {str(path)!r} is a file but not .beton or .tar; give {DATA_KINDS}")
+    shards = sorted(path.glob("*.tar"))
+    if shards:
+        return TarShardSource(shards)
+    return ImageFolderSource(path)
+
+
+def mean_sample_bytes(source, at_most: int = 256) -> float:
+    """The mean size of up to ``at_most`` samples' stored payloads, spread over the source."""
+    n = len(source)
+    sizes = []
+    for k in np.linspace(0, n - 1, min(n, at_most)).astype(int):
+        try:
+            payload = source.read(int(k))[0]
+        except OSError:
+            continue
+        sizes.append(payload.nbytes if isinstance(payload, np.ndarray) else len(payload))
+    return float(np.mean(sizes)) if sizes else 0.0
 
 
 def bench_views(
@@ -159,6 +194,7 @@ def run_selfsup(cfg: BenchConfig, source, views, length: int, rnd: int, desc: st
     loader = Loader(
         RepeatedSource(source, length), list(views), cfg.batch_size, device="cpu",
         seed=cfg.seed, threads=cfg.workers, engine=cfg.engine,
+        max_bad_fraction=cfg.max_bad_fraction,
     )  # fmt: skip
     engine = loader.engine_name
     try:
@@ -167,24 +203,33 @@ def run_selfsup(cfg: BenchConfig, source, views, length: int, rnd: int, desc: st
             seconds = time_batches(loader, lambda b: b.views, cfg.warmup, cfg.batches, bar)
     finally:
         loader.close()
+    bad = sorted({str(b) for b in loader.bad_samples})  # path: reason
     return RunResult("selfsup", rnd, cfg.batches * cfg.batch_size / seconds, seconds,
-                     cfg.batches, cfg.batch_size, f"{cfg.workers} threads", engine)  # fmt: skip
+                     cfg.batches, cfg.batch_size, f"{cfg.workers} threads", engine,
+                     len(loader.bad_samples)), bad  # fmt: skip
 
 
 def run_reference(cfg: BenchConfig, source, views, length: int, rnd: int, desc: str) -> RunResult:
     from selfsup.bench.reference import ReferenceDataset, reference_loader
 
-    dataset = ReferenceDataset(source.paths, source.labels, views, seed=cfg.seed, length=length)
+    dataset = ReferenceDataset(source, views, seed=cfg.seed, length=length)
     dl = reference_loader(dataset, cfg.batch_size, cfg.workers)
     it = iter(dl)
+    skipped = []  # per batch: bad samples passed over (the tensor is touched with the views)
+
+    def tensors(b):
+        skipped.append(b[2])
+        return b[0]
+
     try:
         with tqdm(total=cfg.warmup + cfg.batches, desc=desc, unit="batch",
                   disable=not cfg.progress, leave=False) as bar:  # fmt: skip
-            seconds = time_batches(it, lambda b: b[0], cfg.warmup, cfg.batches, bar)
+            seconds = time_batches(it, tensors, cfg.warmup, cfg.batches, bar)
     finally:
         del it, dl  # shuts the worker processes down: the next run starts fresh
+    bad = int(sum(int(t.sum()) for t in skipped))
     return RunResult("reference", rnd, cfg.batches * cfg.batch_size / seconds, seconds,
-                     cfg.batches, cfg.batch_size, f"{cfg.workers} workers")  # fmt: skip
+                     cfg.batches, cfg.batch_size, f"{cfg.workers} workers", None, bad), []  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -227,25 +272,29 @@ def bench_loader(cfg: BenchConfig) -> dict:
         raise ConfigError(f"--warmup must be >= 0, got {cfg.warmup}")
     if cfg.workers < 0:
         raise ConfigError(f"--workers must be >= 0 (0: one per core), got {cfg.workers}")
+    if not 0 <= cfg.max_bad_fraction <= 1:
+        raise ConfigError(f"--max-bad-fraction must be in [0, 1], got {cfg.max_bad_fraction}")
     if cfg.engine not in ("cpu", "dali", "auto"):
         raise ConfigError(f"--engine must be cpu, dali or auto, got {cfg.engine!r}")
     cfg = replace(cfg, workers=cfg.workers or os.cpu_count() or 1)
     views = bench_views(cfg.recipe, cfg.size, cfg.crop_flip_only, cfg.antialias)
     root = resolve_data(cfg.data, cfg.photos, cfg.seed, cfg.progress)
-    source = ImageFolderSource(root)
+    source = open_source(root)
     # Long enough for warm-up + timed batches + the DataLoader's prefetch (2 per worker).
     length = (cfg.warmup + cfg.batches + 2 * cfg.workers + 2) * cfg.batch_size
-    file_bytes = [os.path.getsize(p) for p in source.paths]
 
     pipelines = [("selfsup", run_selfsup)]
     if cfg.reference:
         pipelines.append(("reference", run_reference))
     runs: list[RunResult] = []
+    bad: set[str] = set()
     for rnd in range(cfg.repeats):
         order = pipelines if rnd % 2 == 0 else pipelines[::-1]  # A B, B A, ...
         for name, fn in order:
             desc = f"{name} {rnd + 1}/{cfg.repeats}"
-            runs.append(fn(cfg, source, views, length, rnd, desc))
+            run, where = fn(cfg, source, views, length, rnd, desc)
+            runs.append(run)
+            bad.update(where)
 
     summary: dict = {}
     for name, _ in pipelines:
@@ -260,9 +309,11 @@ def bench_loader(cfg: BenchConfig) -> dict:
         "config": asdict(cfg),
         "data": {
             "root": str(root),
+            "source": type(source).__name__,
             "images": len(source),
             "classes": source.num_classes,
-            "mean_file_bytes": float(np.mean(file_bytes)),
+            "mean_file_bytes": mean_sample_bytes(source),
+            "bad_samples": sorted(bad),  # what the selfsup Loader skipped, with reasons
         },
         "views": [asdict(v) for v in views],
         "engine": next((r.engine for r in runs if r.pipeline == "selfsup"), None),
@@ -297,4 +348,11 @@ def format_report(result: dict) -> str:
         )
     if "ratio" in s:
         lines += ["", f"ratio selfsup / reference: {s['ratio']:.2f}x"]
+    skipped = {r["pipeline"]: 0 for r in result["runs"]}
+    for r in result["runs"]:
+        skipped[r["pipeline"]] += r.get("bad_samples", 0)
+    if any(skipped.values()) or data.get("bad_samples"):
+        counts = ", ".join(f"{k} {v}" for k, v in skipped.items())
+        lines += ["", f"undecodable samples passed over (all runs): {counts}"]
+        lines += [f"  {where}" for where in data.get("bad_samples", [])]
     return "\n".join(lines)

@@ -22,6 +22,8 @@ sigma (as MoCo/BYOL PIL code does), not at 10% of the side.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
@@ -91,43 +93,61 @@ def apply_view(img: Image.Image, row: np.ndarray, spec: ViewSpec) -> torch.Tenso
     return x.sub_(mean).div_(std)
 
 
-class ReferenceDataset(torch.utils.data.Dataset):
-    """Samples ``(views, label)``: ``views`` one float [3, S, S] tensor per individual view,
-    in the order of ``views.expand`` (the selfsup engine's view numbering).
+def open_rgb(payload: bytes | np.ndarray) -> Image.Image:
+    """A source's sample as an RGB PIL image: encoded bytes through ``Image.open`` (decoded
+    in full here: a truncated file fails now), a uint8 pixel array through ``fromarray``."""
+    if isinstance(payload, np.ndarray):
+        return Image.fromarray(payload).convert("RGB")
+    with Image.open(io.BytesIO(payload)) as f:
+        return f.convert("RGB")
 
-    ``length`` may exceed the number of files: index ``i`` reads file ``i % len(paths)`` but
-    keys its random choices by ``i``, so a long benchmark needs no epoch boundary.
+
+class ReferenceDataset(torch.utils.data.Dataset):
+    """Samples ``(views, label, skipped)``: ``views`` one float [3, S, S] tensor per
+    individual view, in the order of ``views.expand`` (the selfsup engine's view numbering).
+
+    Samples come from any selfsup source (``read(i)``: encoded bytes or pixels). ``length``
+    may exceed the number of samples: index ``i`` reads sample ``i % len(source)`` but keys its
+    random choices by ``i``, so a long benchmark needs no epoch boundary. A sample Pillow
+    cannot decode is replaced, as the selfsup engines do, by the next one that it can
+    (deterministically); ``skipped`` counts the bad ones passed over for this sample.
     """
 
     def __init__(
         self,
-        paths: list[str],
-        labels: list[int] | np.ndarray,
+        source,
         views: list[ViewSpec],
         *,
         seed: int = 0,
         epoch: int = 0,
         length: int | None = None,
     ) -> None:
-        self.paths = list(paths)
-        self.labels = [int(v) for v in labels]
+        self.source = source
         self.specs = expand(views)
         self.seed, self.epoch = seed, epoch
-        self.length = len(self.paths) if length is None else length
+        self.length = len(source) if length is None else length
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int]:
-        k = index % len(self.paths)
-        with Image.open(self.paths[k]) as f:
-            img = f.convert("RGB")
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int, int]:
+        n = len(self.source)
+        for skipped in range(n):
+            k = (index + skipped) % n
+            try:
+                payload, label = self.source.read(k)
+                img = open_rgb(payload)
+                break
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                continue  # truncated, corrupt or unsupported: the next sample
+        else:
+            raise RuntimeError(f"none of the {n} samples can be decoded by Pillow")
         w, h = img.size
         out = []
         for v, spec in enumerate(self.specs):
             row = draw_params(spec, sample_rng(self.seed, self.epoch, index, v), h, w)
             out.append(apply_view(img, row, spec))
-        return out, self.labels[k]
+        return out, int(label), skipped
 
 
 def reference_loader(
