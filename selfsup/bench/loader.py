@@ -228,8 +228,10 @@ def run_reference(cfg: BenchConfig, source, views, length: int, rnd: int, desc: 
     finally:
         del it, dl  # shuts the worker processes down: the next run starts fresh
     bad = int(sum(int(t.sum()) for t in skipped))
-    return RunResult("reference", rnd, cfg.batches * cfg.batch_size / seconds, seconds,
-                     cfg.batches, cfg.batch_size, f"{cfg.workers} workers", None, bad), []  # fmt: skip
+    rate = cfg.batches * cfg.batch_size / seconds
+    workers = f"{cfg.workers} workers"
+    return RunResult("reference", rnd, rate, seconds, cfg.batches, cfg.batch_size, workers,
+                     None, bad), []  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
