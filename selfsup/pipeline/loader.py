@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -99,6 +100,8 @@ class Loader:
             devices when nvidia-dali is installed, cpu otherwise).
         reduced_decode: cpu engine: decode JPEGs at the smallest 1/2, 1/4 or 1/8 DCT scale
             that leaves every crop at least its view's size (faster; False: always full).
+        stage_timing: cpu engine: sum the time each sample spends reading, decoding,
+            cropping and augmenting into ``stage_clock`` (``selfsup profile``).
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class Loader:
         augment_on_device: bool | None = None,
         engine: str = "auto",
         reduced_decode: bool = True,
+        stage_timing: bool = False,
     ) -> None:
         if isinstance(recipe, str):
             views = make_recipe(recipe, size, view_overrides)
@@ -171,6 +175,7 @@ class Loader:
                 max_bad_fraction=max_bad_fraction,
                 output="uint8" if self.device_augment else "fused",
                 reduced_decode=reduced_decode,
+                stage_timing=stage_timing,
             )
             self._host_augment = None
         self.sampler = ShardedSampler(
@@ -194,6 +199,12 @@ class Loader:
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+    @property
+    def stage_clock(self):
+        """The cpu engine's per-stage times (a ``StageClock``) with ``stage_timing``; else
+        None."""
+        return getattr(self.engine, "clock", None)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch to iterate; a new epoch starts at its first batch."""
@@ -238,9 +249,16 @@ class Loader:
         order = self.sampler.order(self.epoch)
         epoch, start = self.epoch, self._next
         batches = (self.sampler.batch(order, k) for k in range(start, len(self)))
+        clock = self.stage_clock
         for raw in self._produce(batches, epoch):
             self._next += 1
-            yield self._deliver(raw)
+            if clock is None:
+                yield self._deliver(raw)
+                continue
+            start = time.perf_counter()
+            batch = self._deliver(raw)
+            clock.add_collate(time.perf_counter() - start)  # the hand-over is collation
+            yield batch
         self._next = 0
 
     # -- internals -----------------------------------------------------------------------

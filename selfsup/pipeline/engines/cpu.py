@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,6 +44,41 @@ from selfsup.pipeline.sources.base import Source
 from selfsup.pipeline.views import ViewSpec, antialiased, group_by_size
 
 MAX_REPLACEMENT_TRIES = 16
+# Per-sample stages timed with ``stage_timing`` (see StageClock): reading the bytes; the header,
+# the random parameters and the decode; cropping and resizing every view; the rest of each
+# view's augmentation (colour, grayscale, blur, solarize, masking and, in fused mode, the
+# normalisation to float).
+STAGES = ("read", "decode", "crop_resize", "augment", "collate")
+# "collate" is per batch: allocating its buffers, assembling labels and indices, and the
+# Loader's hand-over (memory format, dtype, device); it is shared out over the batch's samples.
+
+
+class StageClock:
+    """Seconds spent in each of :data:`STAGES`, summed over samples and threads."""
+
+    def __init__(self) -> None:
+        self.seconds = np.zeros(len(STAGES))
+        self.samples = 0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: np.ndarray, samples: int) -> None:
+        with self._lock:
+            self.seconds += seconds
+            self.samples += samples
+
+    def add_collate(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds[-1] += seconds
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seconds[:] = 0
+            self.samples = 0
+
+    def per_image(self) -> dict[str, float]:
+        """Seconds per image in each stage (thread time, not wall time)."""
+        n = max(self.samples, 1)
+        return {name: float(t) / n for name, t in zip(STAGES, self.seconds, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -172,6 +208,7 @@ class CpuEngine:
         max_bad_fraction: float = 0.01,
         output: str = "fused",
         reduced_decode: bool = True,
+        stage_timing: bool = False,
     ) -> None:
         if output not in ("fused", "uint8"):
             raise ValueError(f"output must be 'fused' or 'uint8', got {output!r}")
@@ -193,6 +230,8 @@ class CpuEngine:
         self.source_masks = source_has_masks(source) and any(v.mask_p > 0 for v in views)
         self._mask_groups = {gi for gi, _, spec in self.plan if spec.mask_p > 0}
         self.bad: dict[int, BadSample] = {}
+        # per-stage times (selfsup profile); None: not timed, no clock read at all
+        self.clock = StageClock() if stage_timing else None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="selfsup-cpu-engine")
         # batches in flight: one being made, `prefetch` queued, one or two held by the caller
@@ -207,6 +246,7 @@ class CpuEngine:
     # -- one batch ---------------------------------------------------------------------
 
     def load(self, indices: np.ndarray, epoch: int) -> EngineBatch:
+        t0 = time.perf_counter() if self.clock is not None else 0.0
         b = len(indices)
         if self.output == "fused":
             views = [self._buffers.empty((g.count, b, 3, g.size, g.size)) for g in self.groups]
@@ -228,22 +268,38 @@ class CpuEngine:
         mask_out = None if masks is None else [m if m is None else m.numpy() for m in masks]
         labels = np.empty(b, dtype=np.int64)
         used = np.empty(b, dtype=np.int64)
+        t1 = time.perf_counter() if self.clock is not None else 0.0
         jobs = [
             self._pool.submit(self._work, c, indices, epoch, out, params, labels, used, mask_out)
             for c in _chunks(b, self.threads)
         ]
         for job in jobs:
             job.result()
+        t2 = time.perf_counter() if self.clock is not None else 0.0
         self._check_bad_fraction()
         labels_t, used_t = torch.from_numpy(labels), torch.from_numpy(used)
-        return EngineBatch(views, params, labels_t, used_t, masks)
+        batch = EngineBatch(views, params, labels_t, used_t, masks)
+        if self.clock is not None:  # the batch's own work, before and after the samples'
+            self.clock.add_collate(t1 - t0 + time.perf_counter() - t2)
+        return batch
 
     def _work(self, positions, indices, epoch, out, params, labels, used, masks) -> None:
+        # With stage timing, `tick(k)` adds the time since the last tick to stage k.
+        spent = np.zeros(len(STAGES)) if self.clock is not None else None
+        last = [time.perf_counter()]
+
+        def tick(k: int) -> None:
+            if spent is not None:
+                now = time.perf_counter()
+                spent[k] += now - last[0]
+                last[0] = now
+
         for pos in positions:
             index = int(indices[pos])
-            img, rows, labels[pos], used[pos] = self._decode(index, epoch)
+            img, rows, labels[pos], used[pos] = self._decode(index, epoch, tick)
             r = _reduction_of(rows.shape_full, img.shape)
             whole_mask = self.source.read_mask(int(used[pos])) if self.source_masks else None
+            tick(0)  # reading the stored mask counts as reading
             for v, (gi, slot, spec) in enumerate(self.plan):
                 row = rows[v]
                 dst = None if params is None else out[gi][slot, pos]
@@ -255,6 +311,7 @@ class CpuEngine:
                 if row[P_MASK] and whole_mask is not None:
                     box = _scale_to(row, rows.shape_full, whole_mask.shape)
                     mask = augment.crop_resize_mask(whole_mask, box, spec)
+                tick(2)
                 if params is None:
                     augment.augment_cpu(crop, row, spec, out[gi][slot, pos], mask=mask)
                 else:
@@ -262,6 +319,9 @@ class CpuEngine:
                     if masks is not None and row[P_MASK]:
                         # a sample without a stored mask gets the estimate the device would make
                         masks[gi][slot, pos] = saliency_mask(crop) if mask is None else mask
+                tick(3)
+        if spent is not None:
+            self.clock.add(spent, len(positions))
 
     def _rows(self, index: int, epoch: int, h: int, w: int) -> _Rows:
         """Every view's parameter row for sample ``index`` of an ``h`` x ``w`` image."""
@@ -288,23 +348,29 @@ class CpuEngine:
 
     # -- bad samples -------------------------------------------------------------------
 
-    def _decode(self, index: int, epoch: int) -> tuple[np.ndarray, _Rows, int, int]:
+    def _decode(self, index: int, epoch: int, tick=None) -> tuple[np.ndarray, _Rows, int, int]:
         """Decode sample ``index`` (or a deterministic stand-in if it is bad) and draw its rows.
 
         Returns (image, parameter rows, label, index used). When the header gives the size,
         the rows are drawn first and the image is decoded only as large as they need; the
         rows keep full-resolution boxes either way (``_reduction_of`` tells the scale).
+        ``tick(stage)`` (stage timing) is called after the read and after the decode.
         """
         i, rng = index, None
         for _ in range(MAX_REPLACEMENT_TRIES):
             try:
                 data, label = self.source.read(i)
+                if tick is not None:
+                    tick(0)
                 size = image_size(data) if self.reduced_decode else None
                 if size is None:
                     img = decode_image(data)
-                    return img, self._rows(index, epoch, *img.shape[:2]), label, i
-                rows = self._rows(index, epoch, *size)
-                img = decode_image(data, max_reduction=self._max_reduction(rows))
+                    rows = self._rows(index, epoch, *img.shape[:2])
+                else:
+                    rows = self._rows(index, epoch, *size)
+                    img = decode_image(data, max_reduction=self._max_reduction(rows))
+                if tick is not None:
+                    tick(1)
                 return img, rows, label, i
             except DecodeError as e:
                 self._report(i, str(e))
