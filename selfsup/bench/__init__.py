@@ -233,6 +233,68 @@ def _loader(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_profile_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``profile`` command to the ``selfsup`` sub-parsers."""
+    from selfsup.bench.profile import __doc__ as doc
+
+    p = subparsers.add_parser(
+        "profile",
+        help="what limits a config's images/sec (loader or model), by how much, what helps",
+        description=doc.split("\n\n", 1)[1] if doc else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        default="default",
+        help="a YAML file or a built-in config name (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=10,
+        metavar="N",
+        help="timed steps or batches of each measurement (default: %(default)s)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        metavar="W",
+        help="untimed ones before each (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write report.json and report.md here (default: profile-<method>-<date>-<time>)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.set_defaults(func=_profile)
+    return p
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import time
+
+    from selfsup import distributed
+    from selfsup.bench.profile import format_report, profile, write_report
+    from selfsup.config import load_config
+
+    if args.steps < 1 or args.warmup < 0:
+        raise SelfsupError(
+            f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}"
+        )
+    cfg = load_config(args.config, args.overrides)
+    result = profile(cfg, steps=args.steps, warmup=args.warmup, progress=not args.no_progress)
+    if not distributed.is_main():
+        return 0
+    out = Path(args.out or f"profile-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    paths = write_report(result, out)
+    print(format_report(result))
+    print("written: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``bench`` command; returns the exit status."""
     return {"loader": _loader, "step": _step}[args.bench_command](args)

@@ -98,7 +98,11 @@ def _global_rate(images_per_rank_batch: int, batches: int, seconds: float, devic
     return images_per_rank_batch * distributed.world_size() * batches / t
 
 
-def bench_step(cfg: Config, steps: int = 20, warmup: int = 3, progress: bool = True) -> dict:
+def bench_step(
+    cfg: Config, steps: int = 20, warmup: int = 3, progress: bool = True, source=None
+) -> dict:
+    """The three rates and the per-step breakdown (see the module doc); ``source``: a Source
+    given in code instead of the config's data."""
     from selfsup.trainer.build import (
         build_loader,
         build_model_and_optimizer,
@@ -112,7 +116,7 @@ def bench_step(cfg: Config, steps: int = 20, warmup: int = 3, progress: bool = T
     main = distributed.is_main()
     with distributed.together("setting up the benchmark"):
         launch = describe_launch(cfg, device)
-        loader = build_loader(cfg, device, launch, progress=main)
+        loader = build_loader(cfg, device, launch, progress=main, source=source)
     model = build_model_and_optimizer(cfg, device, cfg.train.epochs * len(loader), len(loader))
     lr_at = lr_schedule(cfg, model.base_lr, len(loader))
     per_rank = launch.per_process_batch

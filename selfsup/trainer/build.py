@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import socket
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -51,6 +52,36 @@ def build_backbone(cfg: Config) -> nn.Module:
     return build_model(
         m.arch, small_input=m.small_input, width=m.width, zero_init_residual=m.zero_init_residual
     )
+
+
+# torch's CPU backward of a 1x1 stride-2 convolution in channels_last memory with fewer than
+# 16 input channels corrupts the heap (torch 2.13, oneDNN: "double free or corruption",
+# measured here with 1 to 15 channels at 112 px; 16 and more are fine). A ResNet's first
+# downsampling shortcut reads `width` channels (BasicBlock) or 4 x `width` (Bottleneck).
+_CPU_CHANNELS_LAST_MIN_CHANNELS = 16
+
+
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    """``train.channels_last``, except on a CPU for ResNets too narrow for it (see above): the
+    model and the loader's views then stay contiguous, and a warning says so once."""
+    if not cfg.train.channels_last or device.type != "cpu":
+        return cfg.train.channels_last
+    from selfsup.trainer.models import MODELS
+    from selfsup.trainer.models.resnet import Bottleneck
+
+    probe = MODELS[cfg.model.arch](width=1)  # the block type, at no cost
+    shortcut_in = cfg.model.width * (4 if isinstance(probe.layer1[0], Bottleneck) else 1)
+    if shortcut_in >= _CPU_CHANNELS_LAST_MIN_CHANNELS:
+        return True
+    if not getattr(use_channels_last, "warned", False):
+        use_channels_last.warned = True
+        warnings.warn(
+            f"train.channels_last is off for this run: model.width={cfg.model.width} gives a "
+            f"{shortcut_in}-channel strided shortcut, which torch's CPU channels_last backward "
+            "mishandles below 16 channels",
+            stacklevel=2,
+        )
+    return False
 
 
 def scaled_lr(cfg: Config) -> float:
@@ -119,13 +150,18 @@ def describe_launch(cfg: Config, device: torch.device, saved_world: int | None =
     )  # fmt: skip
 
 
-def build_loader(cfg: Config, device: torch.device, launch: Launch, progress: bool = True):
-    """The training Loader: this rank's share of each global batch of the config's data."""
+def build_loader(
+    cfg: Config, device: torch.device, launch: Launch, progress: bool = True, source=None
+):
+    """The training Loader: this rank's share of each global batch of the config's data (or
+    of ``source``, a Source given in code, e.g. in-memory arrays)."""
     data = cfg.data
+    if source is None:
+        source = open_split(data, data.train_split, progress=progress)
     return Loader(
-        open_split(data, data.train_split, progress=progress), data.recipe,
+        source, data.recipe,
         launch.per_process_batch, device, cfg.train.seed, size=data.size,
-        view_overrides=data.view_overrides, channels_last=cfg.train.channels_last,
+        view_overrides=data.view_overrides, channels_last=use_channels_last(cfg, device),
         threads=launch.engine_threads, prefetch=data.prefetch,
         max_bad_fraction=data.max_bad_fraction, engine=data.engine,
         reduced_decode=data.reduced_decode,
@@ -164,7 +200,7 @@ def build_model_and_optimizer(
         method = convert_sync_bn(method, device.type)
     fp64 = cfg.train.precision == "fp64"
     method = method.to(device, torch.float64 if fp64 else None)
-    if cfg.train.channels_last:
+    if use_channels_last(cfg, device):
         method = method.to(memory_format=torch.channels_last)
     if cfg.train.compile:
         # In place, so parameter names (checkpoints, exported weights) stay the same. Static

@@ -49,8 +49,10 @@ MAX_REPLACEMENT_TRIES = 16
 # view's augmentation (colour, grayscale, blur, solarize, masking and, in fused mode, the
 # normalisation to float).
 STAGES = ("read", "decode", "crop_resize", "augment", "collate")
-# "collate" is per batch: allocating its buffers, assembling labels and indices, and the
-# Loader's hand-over (memory format, dtype, device); it is shared out over the batch's samples.
+# "collate" is per batch, shared out over its samples: allocating its buffers, handing its
+# samples to the engine threads and waiting for them (the batch's wall time in the pool less
+# the threads' own working time per thread), assembling labels and indices, and the Loader's
+# hand-over (memory format, dtype, device).
 
 
 class StageClock:
@@ -59,12 +61,14 @@ class StageClock:
     def __init__(self) -> None:
         self.seconds = np.zeros(len(STAGES))
         self.samples = 0
+        self.worker_seconds = 0.0  # the engine threads' working time, start to end of each task
         self._lock = threading.Lock()
 
-    def add(self, seconds: np.ndarray, samples: int) -> None:
+    def add(self, seconds: np.ndarray, samples: int, worker_seconds: float = 0.0) -> None:
         with self._lock:
             self.seconds += seconds
             self.samples += samples
+            self.worker_seconds += worker_seconds
 
     def add_collate(self, seconds: float) -> None:
         with self._lock:
@@ -269,6 +273,7 @@ class CpuEngine:
         labels = np.empty(b, dtype=np.int64)
         used = np.empty(b, dtype=np.int64)
         t1 = time.perf_counter() if self.clock is not None else 0.0
+        worked = self.clock.worker_seconds if self.clock is not None else 0.0
         jobs = [
             self._pool.submit(self._work, c, indices, epoch, out, params, labels, used, mask_out)
             for c in _chunks(b, self.threads)
@@ -279,14 +284,16 @@ class CpuEngine:
         self._check_bad_fraction()
         labels_t, used_t = torch.from_numpy(labels), torch.from_numpy(used)
         batch = EngineBatch(views, params, labels_t, used_t, masks)
-        if self.clock is not None:  # the batch's own work, before and after the samples'
-            self.clock.add_collate(t1 - t0 + time.perf_counter() - t2)
+        if self.clock is not None:  # the batch's own work, before, between and after samples
+            handoff = max(0.0, (t2 - t1) - (self.clock.worker_seconds - worked) / self.threads)
+            self.clock.add_collate(t1 - t0 + handoff + time.perf_counter() - t2)
         return batch
 
     def _work(self, positions, indices, epoch, out, params, labels, used, masks) -> None:
         # With stage timing, `tick(k)` adds the time since the last tick to stage k.
         spent = np.zeros(len(STAGES)) if self.clock is not None else None
         last = [time.perf_counter()]
+        began = last[0]
 
         def tick(k: int) -> None:
             if spent is not None:
@@ -321,7 +328,7 @@ class CpuEngine:
                         masks[gi][slot, pos] = saliency_mask(crop) if mask is None else mask
                 tick(3)
         if spent is not None:
-            self.clock.add(spent, len(positions))
+            self.clock.add(spent, len(positions), time.perf_counter() - began)
 
     def _rows(self, index: int, epoch: int, h: int, w: int) -> _Rows:
         """Every view's parameter row for sample ``index`` of an ``h`` x ``w`` image."""

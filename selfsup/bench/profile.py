@@ -1,0 +1,373 @@
+"""``selfsup profile``: what limits a run's images/sec, measured in one run, and what to change.
+
+On the config's real data, method, model, precision and device, built as ``selfsup pretrain``
+builds them:
+
+1. **the loader's stages**: one engine thread, no prefetch, the cpu engine timing each
+   sample's read, decode, crop and resize, augmentation (colour, blur, masking and the
+   normalisation, fused on a CPU) and each batch's collation (``Loader(stage_timing=True)``);
+   every stage is timed on its own, so their sum checks against the loader's wall time;
+2. **the loader's thread scaling**: images/sec with 1, 2, 4, ... engine threads up to the
+   cores this process may use;
+3. **the step** (``bench step``): the model alone on synthetic batches (forward, backward,
+   optimizer), the loader alone, and end to end with each step's wait for data;
+4. **candidate changes**, each measured the same way: the model with ``channels_last``,
+   bf16 or a doubled batch (when the config does not already use them), the loader with
+   DCT-reduced decoding (when off).
+
+The **verdict** compares what the loader delivers with what the model consumes: input-bound
+when the loader alone gives less than 90% of the model's rate, compute-bound when it gives
+more than 110%, balanced in between; the end-to-end data wait is reported beside it. Advice
+follows from the same numbers and never names an option the config already uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from selfsup import distributed
+from selfsup.bench.step import _endless, _sync, bench_step
+from selfsup.config import Config
+from selfsup.pipeline.engines.cpu import STAGES
+from selfsup.pipeline.loader import Loader
+from selfsup.pipeline.sources import open_split
+from selfsup.trainer.build import use_channels_last
+
+INPUT_BOUND, COMPUTE_BOUND = 0.9, 1.1  # loader rate / model rate thresholds
+STAGE_LABELS = {
+    "read": "read (bytes from storage)",
+    "decode": "decode (header, parameters, JPEG)",
+    "crop_resize": "crop and resize",
+    "augment": "colour, blur, masking, normalise",
+    "collate": "collate and hand-over",
+}
+
+
+def _loader(cfg: Config, device, batch: int, threads: int, source=None, **kw) -> Loader:
+    data = cfg.data
+    if source is None:
+        source = open_split(data, data.train_split, progress=False)
+    return Loader(
+        source,
+        data.recipe,
+        batch,
+        device,
+        cfg.train.seed,
+        size=data.size,
+        view_overrides=data.view_overrides,
+        channels_last=use_channels_last(cfg, torch.device(device)),
+        threads=threads,
+        max_bad_fraction=data.max_bad_fraction,
+        engine=data.engine,
+        **{"reduced_decode": data.reduced_decode, "prefetch": data.prefetch, **kw},
+    )
+
+
+def _time_loader(loader: Loader, batches: int, warmup: int) -> float:
+    """Images/sec of ``loader`` over ``batches`` batches after ``warmup`` (epochs wrap)."""
+    it = _endless(loader)
+    try:
+        for _ in range(warmup):
+            next(it)
+        if loader.stage_clock is not None:
+            loader.stage_clock.reset()
+        _sync(loader.device)
+        start = time.perf_counter()
+        n = 0
+        for _ in range(batches):
+            n += len(next(it).labels)
+        _sync(loader.device)
+        return n / (time.perf_counter() - start)
+    finally:
+        it.close()
+        loader.close()
+
+
+def loader_stages(
+    cfg: Config, device, batch: int, batches: int, warmup: int, source=None, **kw
+) -> dict:
+    """Per-image time of each stage with one engine thread and no prefetch, and the loader's
+    own wall time per image in the same batches."""
+    loader = _loader(cfg, device, batch, 1, source, prefetch=0, stage_timing=True, **kw)
+    if loader.stage_clock is None:
+        loader.close()
+        return {"engine": loader.engine_name, "stages_ms": None}
+    rate = _time_loader(loader, batches, warmup)
+    per_image = loader.stage_clock.per_image()
+    wall_ms = 1000 / rate
+    stages_ms = {k: round(v * 1000, 4) for k, v in per_image.items()}
+    total = sum(stages_ms.values())
+    return {
+        "engine": loader.engine_name,
+        "threads": 1,
+        "images_per_sec": round(rate, 1),
+        "wall_ms_per_image": round(wall_ms, 4),
+        "stages_ms": stages_ms,
+        "stages_sum_ms": round(total, 4),
+        "share": {k: round(v / total, 4) for k, v in stages_ms.items()},
+        "stages_over_wall": round(total / wall_ms, 4),
+    }
+
+
+def thread_counts(cores: int) -> list[int]:
+    """1, 2, 4, ... up to ``cores``, and ``cores`` itself."""
+    out, t = [], 1
+    while t < cores:
+        out.append(t)
+        t *= 2
+    return [*out, cores]
+
+
+def thread_scaling(
+    cfg: Config, device, batch: int, batches: int, warmup: int, source=None
+) -> list[dict]:
+    """The loader's images/sec for each engine thread count up to this process's cores."""
+    out = []
+    for t in thread_counts(distributed.cores_per_process()):
+        rate = _time_loader(_loader(cfg, device, batch, t, source), batches, warmup)
+        out.append({"threads": t, "images_per_sec": round(rate, 1)})
+    return out
+
+
+def model_rate(cfg: Config, steps: int, warmup: int, batch_factor: int = 1, source=None) -> float:
+    """Images/sec of the training step alone on synthetic views of the loader's shapes."""
+    from selfsup.trainer.build import build_model_and_optimizer, join, lr_schedule, train_step
+
+    device = join(cfg)
+    per_rank = cfg.train.batch_size // distributed.world_size() * batch_factor
+    loader = _loader(cfg, device, per_rank // batch_factor, 1, source, prefetch=0)
+    try:
+        views = next(iter(loader)).views
+    finally:
+        loader.close()
+    if batch_factor > 1:
+        views = [torch.cat([v] * batch_factor, dim=1) for v in views]
+    views = [torch.empty_like(v).normal_() for v in views]
+    model = build_model_and_optimizer(cfg, device, 1000, 100)
+    lr_at = lr_schedule(cfg, model.base_lr, 100)
+    model.forward.train()
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        train_step(model, views, lr_at(i), device, step=i)
+    _sync(device)
+    return per_rank * steps / (time.perf_counter() - start)
+
+
+def _with(cfg: Config, section: str, **changes) -> Config:
+    return dataclasses.replace(
+        cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)}
+    )
+
+
+def candidates(
+    cfg: Config, device, steps: int, warmup: int, base_stages: dict, batch: int, source=None
+) -> list[dict]:
+    """Changes the config does not already use, each measured against the config measured
+    the same way just before: model-side (channels_last, bf16, a doubled batch) and
+    loader-side (DCT-reduced decoding)."""
+    out = []
+    base_model = model_rate(cfg, steps, warmup, 1, source)
+    t = cfg.train
+    model_side = []
+    if not t.channels_last:
+        model_side.append(("train.channels_last=true", _with(cfg, "train", channels_last=True), 1))
+    amp = t.precision in ("bf16", "fp16") or (t.precision == "auto" and device.type == "cuda")
+    if not amp and t.precision != "fp64":
+        model_side.append(("train.precision=bf16", _with(cfg, "train", precision="bf16"), 1))
+    model_side.append((f"train.batch_size={2 * t.batch_size}", cfg, 2))
+    for option, variant, factor in model_side:
+        try:
+            rate = model_rate(variant, steps, warmup, factor, source)
+        except torch.OutOfMemoryError:
+            continue
+        out.append(
+            {
+                "option": option,
+                "side": "model",
+                "images_per_sec": round(rate, 1),
+                "baseline": round(base_model, 1),
+                "gain": round(rate / base_model, 3),
+            }
+        )
+    d = cfg.data
+    if not d.reduced_decode and base_stages.get("stages_ms"):
+        st = loader_stages(cfg, device, batch, steps, warmup, source, reduced_decode=True)
+        out.append(
+            {
+                "option": "data.reduced_decode=true",
+                "side": "loader",
+                "images_per_sec": st["images_per_sec"],
+                "baseline": base_stages["images_per_sec"],
+                "gain": round(st["images_per_sec"] / base_stages["images_per_sec"], 3),
+                "detail": f"decode {base_stages['stages_ms']['decode']:.2f} -> "
+                f"{st['stages_ms']['decode']:.2f} ms/image (one thread)",
+            }
+        )
+    return out
+
+
+def verdict(cfg: Config, step: dict, scaling: list[dict], stages: dict, tried: list[dict]):
+    """(kind, how much, advice lines) from the measured numbers."""
+    ips = step["images_per_sec"]
+    loader, model = ips["loader_only"], ips["model_only"]
+    ratio = loader / model
+    e2e = step["end_to_end"]
+    wait = e2e.get("data_wait", {}).get("median_ms", 0.0)
+    step_ms = e2e["step"]["median_ms"]
+    wait_share = wait / step_ms if step_ms else 0.0
+    if ratio < INPUT_BOUND:
+        kind = "input-bound"
+        how = (
+            f"the loader delivers {loader:,.0f} images/sec, the model alone takes "
+            f"{model:,.0f}: it would run {model / loader:.2f}x faster with data ready"
+        )
+    elif ratio > COMPUTE_BOUND:
+        kind = "compute-bound"
+        how = (
+            f"the model takes {model:,.0f} images/sec, the loader alone delivers "
+            f"{loader:,.0f} ({ratio:.2f}x what the model uses)"
+        )
+    else:
+        kind = "balanced"
+        how = f"the loader ({loader:,.0f} images/sec) and the model ({model:,.0f}) are within 10%"
+    how += (
+        f"; end to end {ips['end_to_end']:,.0f}, waiting for data {100 * wait_share:.0f}% of a step"
+    )
+    advice = []
+    side = {"input-bound": "loader", "compute-bound": "model"}.get(kind)
+    if kind != "compute-bound":
+        current = cfg.data.threads or distributed.cores_per_process()
+        best = max(scaling, key=lambda r: r["images_per_sec"])
+        now = next((r for r in scaling if r["threads"] == current), None)
+        if (
+            now
+            and best["threads"] != current
+            and best["images_per_sec"] > 1.05 * now["images_per_sec"]
+        ):
+            advice.append(
+                f"data.threads={best['threads']}: {best['images_per_sec']:,.0f} images/sec "
+                f"in the scaling curve against {now['images_per_sec']:,.0f} with {current}"
+            )
+        elif len(scaling) > 1:
+            first, last = scaling[0], scaling[-1]
+            eff = last["images_per_sec"] / (first["images_per_sec"] * last["threads"])
+            advice.append(
+                f"more cores: {first['images_per_sec']:,.0f} images/sec on 1 thread, "
+                f"{last['images_per_sec']:,.0f} on {last['threads']} "
+                f"({100 * eff:.0f}% scaling efficiency); each core adds about "
+                f"{first['images_per_sec'] * eff:,.0f}"
+            )
+        if stages.get("stages_ms"):
+            top = max(stages["share"], key=stages["share"].get)
+            advice.append(
+                f"the costliest stage is {STAGE_LABELS[top]}: "
+                f"{stages['stages_ms'][top]:.2f} ms of {stages['stages_sum_ms']:.2f} ms "
+                f"per image on one thread ({100 * stages['share'][top]:.0f}%)"
+            )
+    for c in sorted(tried, key=lambda c: -c["gain"]):
+        if c["gain"] > 1.05 and (side is None or c["side"] == side):
+            extra = f"; {c['detail']}" if c.get("detail") else ""
+            advice.append(
+                f"{c['option']}: {c['images_per_sec']:,.0f} images/sec for the "
+                f"{c['side']} against {c['baseline']:,.0f} ({c['gain']:.2f}x){extra}"
+            )
+    return kind, how, advice
+
+
+def profile(
+    cfg: Config,
+    steps: int = 10,
+    warmup: int = 2,
+    progress: bool = True,
+    *,
+    source=None,
+    try_changes: bool = True,
+) -> dict:
+    """Every measurement of the module doc, the verdict and the advice, as one dict.
+    ``source``: a Source given in code instead of the config's data; ``try_changes=False``
+    skips measuring the candidate changes (the verdict does not need them)."""
+    start = time.time()
+    step = bench_step(cfg, steps=steps, warmup=warmup, progress=progress, source=source)
+    device = torch.device(step["launch"]["device"])
+    batch = step["launch"]["per_process_batch"]
+    stages = loader_stages(cfg, device, batch, steps, warmup, source)
+    scaling = thread_scaling(cfg, device, batch, steps, warmup, source)
+    tried = candidates(cfg, device, steps, warmup, stages, batch, source) if try_changes else []
+    kind, how, advice = verdict(cfg, step, scaling, stages, tried)
+    return {
+        "verdict": kind,
+        "how_much": how,
+        "advice": advice,
+        "loader_stages": stages,
+        "thread_scaling": scaling,
+        "step": step,
+        "candidates": tried,
+        "cores": os.cpu_count(),
+        "seconds": round(time.time() - start, 1),
+    }
+
+
+def format_report(r: dict) -> str:
+    """The verdict, the advice and the tables, as Markdown."""
+    s, st = r["step"], r["loader_stages"]
+    c = s["config"]
+    lines = [
+        f"# selfsup profile: {c['method']} {c['arch']} (width {c['width']}), recipe {c['recipe']}",
+        "",
+        f"**{r['verdict']}**: {r['how_much']}.",
+        "",
+    ]
+    if r["advice"]:
+        lines += ["What would help, measured in this run:", ""]
+        lines += [f"- {a}" for a in r["advice"]] + [""]
+    ips = s["images_per_sec"]
+    lines += ["| measured | images/sec |", "|---|---|"]
+    lines += [f"| {k.replace('_', ' ')} | {v:,.1f} |" for k, v in ips.items()]
+    if st.get("stages_ms"):
+        lines += [
+            "",
+            f"Loader stages, one {st['engine']} engine thread, ms per image "
+            f"(their sum is {100 * st['stages_over_wall']:.0f}% of the loader's "
+            f"{st['wall_ms_per_image']:.2f} ms):",
+            "",
+            "| stage | ms | share |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {STAGE_LABELS[k]} | {v:.3f} | {100 * st['share'][k]:.0f}% |"
+            for k, v in st["stages_ms"].items()
+        ]
+    lines += ["", "| engine threads | images/sec |", "|---|---|"]
+    lines += [f"| {t['threads']} | {t['images_per_sec']:,.1f} |" for t in r["thread_scaling"]]
+    e = s["end_to_end"]
+    lines += [
+        "",
+        "Per step, end to end (ms, median / p90): "
+        + ", ".join(
+            f"{k.replace('_', ' ')} {v['median_ms']:.1f} / {v['p90_ms']:.1f}" for k, v in e.items()
+        ),
+    ]
+    lines += [
+        "",
+        f"Profiled in {r['seconds']:.0f} s on {r['cores']} cores, device "
+        f"{s['launch']['device']}, {s['timing']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(r: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(r, indent=2) + "\n")
+    (out / "report.md").write_text(format_report(r))
+    return [out / "report.json", out / "report.md"]
+
+
+__all__ = ["STAGES", "profile", "format_report", "write_report", "verdict"]
