@@ -45,7 +45,7 @@ STAGE_LABELS = {
     "decode": "decode (header, parameters, JPEG)",
     "crop_resize": "crop and resize",
     "augment": "colour, blur, masking, normalise",
-    "collate": "collate and hand-over",
+    "collate": "batching (buffers, thread hand-off, hand-over)",
 }
 
 
