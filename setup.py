@@ -31,7 +31,9 @@ setup(
         # (3.0 and 3.1 fail on tl.arange there); releases before 3.4 have no triton.knobs,
         # which selfsup.kernels.triton_interpreting() handles.
         "triton": ["triton>=3.2"],
-        "dev": ["pytest>=7", "ruff>=0.4", "safetensors>=0.4"],
+        # selfsup profile's and selfsup plot's PNG figures
+        "plot": ["matplotlib>=3.5"],
+        "dev": ["pytest>=7", "ruff>=0.4", "safetensors>=0.4", "matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["selfsup=selfsup.cli:main"]},
 )

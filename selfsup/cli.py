@@ -10,6 +10,7 @@
     selfsup pack SRC OUT.beton [--max-res N] [--quality Q] [--workers K]
     selfsup bench loader --data PATH --recipe NAME [--engine cpu|dali|auto] ...
     selfsup profile [--config NAME|PATH] [--steps N] [--out DIR] [key.sub=value ...]
+    selfsup plot RUN_DIR [--out FILE.png]
     selfsup list recipes|methods|models|configs
 
 User errors (bad config, missing data, unknown names) print one line and exit with
@@ -73,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     pre.set_defaults(func=_pretrain)
 
     from selfsup.bench import add_parser as add_bench
-    from selfsup.bench import add_profile_parser
+    from selfsup.bench import add_plot_parser, add_profile_parser
     from selfsup.bench import run as run_bench
     from selfsup.downstream.cli import add_parsers as add_downstream
     from selfsup.pipeline.pack import add_parser as add_pack
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     add_pack(sub)
     add_bench(sub).set_defaults(func=run_bench)
     add_profile_parser(sub)
+    add_plot_parser(sub)
 
     lst = sub.add_parser(
         "list",

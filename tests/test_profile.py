@@ -68,7 +68,14 @@ def test_a_tiny_model_on_224px_jpegs_is_input_bound(tmp_path):
     )
     paths = write_report(r, tmp_path / "out")
     assert json.loads(paths[0].read_text())["verdict"] == "input-bound"
-    assert "**input-bound**" in paths[1].read_text() == format_report(r)
+    md = paths[1].read_text()
+    assert md.startswith(format_report(r)) and "**input-bound**" in md
+    pngs = [p.name for p in paths[2:]]
+    assert pngs == ["stages.png", "threads.png", "timeline.png"]
+    for p in paths[2:]:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({p.name})" in md
+    steps = r["step"]["end_to_end_steps_ms"]
+    assert len(steps["data_wait"]) == 3 and len(steps["forward"]) == 3
 
 
 def test_resnet50_on_64px_arrays_is_compute_bound():
@@ -93,3 +100,18 @@ def test_resnet50_on_64px_arrays_is_compute_bound():
                                              (8, [1, 2, 4, 8])])  # fmt: skip
 def test_thread_counts(cores, expected):
     assert thread_counts(cores) == expected
+
+
+def test_plot_draws_a_runs_curves_and_errors_in_one_line(tiny_overrides, tmp_path, capsys):
+    from selfsup.cli import main
+    from selfsup.trainer.loop import pretrain
+    from tests.test_cli import assert_one_line_error
+
+    cfg = load_config("default", [*tiny_overrides, "train.log_every=1", "eval.knn_every=1",
+                                  "train.epochs=2", "eval.random_init_baseline=false"])  # fmt: skip
+    run = pretrain(cfg, progress=False)["run_dir"]
+    assert main(["plot", run]) == 0
+    png = tmp_path / "runs" / "tiny" / "curves.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and str(png) in capsys.readouterr().out
+    code = main(["plot", str(tmp_path)])
+    assert_one_line_error(code, capsys.readouterr().err, r"holds no metrics\.jsonl")

@@ -295,6 +295,29 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_plot_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``plot`` command: a run's curves from its metrics.jsonl."""
+    p = subparsers.add_parser(
+        "plot",
+        help="draw a run's loss, learning rate, images/sec and k-NN curves (a PNG)",
+        description="Draw a run directory's metrics.jsonl (selfsup pretrain, finetune or "
+        "distill): loss, learning rate, images/sec and, when logged (eval.knn_every), k-NN "
+        "top-1, against the step. Needs matplotlib (pip install 'selfsup[plot]').",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    p.add_argument("--out", metavar="FILE.png", help="default: RUN_DIR/curves.png")
+    p.set_defaults(func=_plot)
+    return p
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from selfsup.bench.plots import run_figures
+
+    paths = run_figures(Path(args.run_dir), Path(args.out) if args.out else None)
+    print("written: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``bench`` command; returns the exit status."""
     return {"loader": _loader, "step": _step}[args.bench_command](args)

@@ -364,10 +364,20 @@ def format_report(r: dict) -> str:
 
 
 def write_report(r: dict, out: Path) -> list[Path]:
+    """report.json, the figures (stages.png, threads.png, timeline.png; with matplotlib) and
+    report.md showing them."""
+    from selfsup.bench.plots import MISSING, profile_figures
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(r, indent=2) + "\n")
-    (out / "report.md").write_text(format_report(r))
-    return [out / "report.json", out / "report.md"]
+    figures = profile_figures(r, out)
+    md = format_report(r)
+    if figures:
+        md += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n"
+    else:
+        md += f"\n({MISSING})\n"
+    (out / "report.md").write_text(md)
+    return [out / "report.json", out / "report.md", *figures]
 
 
 __all__ = ["STAGES", "profile", "format_report", "write_report", "verdict"]

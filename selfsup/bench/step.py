@@ -206,6 +206,8 @@ def bench_step(
         "timing": "CUDA events" if device.type == "cuda" else "wall clock",
         "model_only": breakdown(model_phases),
         "end_to_end": breakdown(e2e_phases),
+        # every timed end-to-end step's phases, in order (the profile's timeline)
+        "end_to_end_steps_ms": {k: [round(1000 * x, 3) for x in v] for k, v in e2e_phases.items()},
     }
 
 
