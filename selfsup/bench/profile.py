@@ -100,6 +100,15 @@ def loader_stages(
         return {"engine": loader.engine_name, "stages_ms": None}
     rate = _time_loader(loader, batches, warmup)
     per_image = loader.stage_clock.per_image()
+    # What the timing costs: the same loader untimed twice, then timed again (A B B A, so
+    # that a drift in the machine's speed cancels), means of each.
+    plain = [
+        _time_loader(_loader(cfg, device, batch, 1, source, prefetch=0, **kw), batches, warmup)
+        for _ in range(2)
+    ]
+    again = _loader(cfg, device, batch, 1, source, prefetch=0, stage_timing=True, **kw)
+    timed = [rate, _time_loader(again, batches, warmup)]
+    overhead = sum(plain) / sum(timed) - 1
     wall_ms = 1000 / rate
     stages_ms = {k: round(v * 1000, 4) for k, v in per_image.items()}
     total = sum(stages_ms.values())
@@ -112,6 +121,8 @@ def loader_stages(
         "stages_sum_ms": round(total, 4),
         "share": {k: round(v / total, 4) for k, v in stages_ms.items()},
         "stages_over_wall": round(total / wall_ms, 4),
+        "untimed_images_per_sec": round(sum(plain) / 2, 1),
+        "timing_overhead": round(overhead, 4),
     }
 
 
@@ -336,7 +347,8 @@ def format_report(r: dict) -> str:
             "",
             f"Loader stages, one {st['engine']} engine thread, ms per image "
             f"(their sum is {100 * st['stages_over_wall']:.0f}% of the loader's "
-            f"{st['wall_ms_per_image']:.2f} ms):",
+            f"{st['wall_ms_per_image']:.2f} ms; timing them cost "
+            f"{100 * st['timing_overhead']:+.1f}% against the same loader untimed):",
             "",
             "| stage | ms | share |",
             "|---|---|---|",
