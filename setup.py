@@ -33,7 +33,11 @@ setup(
         "triton": ["triton>=3.2"],
         # selfsup profile's and selfsup plot's PNG figures
         "plot": ["matplotlib>=3.5"],
-        "dev": ["pytest>=7", "ruff>=0.4", "safetensors>=0.4", "matplotlib>=3.5"],
+        # train.tensorboard: the metrics as TensorBoard scalars
+        "tensorboard": ["tensorboard>=2.10"],
+        "dev": [
+            "pytest>=7", "ruff>=0.4", "safetensors>=0.4", "matplotlib>=3.5", "tensorboard>=2.10",
+        ],
     },
     entry_points={"console_scripts": ["selfsup=selfsup.cli:main"]},
 )

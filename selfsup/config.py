@@ -94,6 +94,8 @@ class TrainConfig:
     # torch.compile the backbone (in place: checkpoint keys unchanged), one graph per view size
     compile: bool = False
     log_every: int = bounded(10, 1)  # steps between synchronised log lines
+    # also log the metrics as TensorBoard scalars in <run_dir>/tensorboard (needs tensorboard)
+    tensorboard: bool = False
     checkpoint_every: int = bounded(100, 1)  # steps between checkpoints (also each epoch end)
     max_steps: int | None = None  # stop early (for smoke tests); None = all epochs
 
@@ -253,6 +255,14 @@ def load_config(path: str | Path = "default", overrides: list[str] | None = None
     cfg.method = build_dataclass(method.Config, method_data, "method.", where)
     if cfg.data.recipe is None:
         cfg.data.recipe = method.recipe  # the method chooses its views
+    if cfg.train.tensorboard:
+        try:
+            import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+        except ImportError:
+            raise ConfigError(
+                f"{where}: train.tensorboard needs the tensorboard package; pip install "
+                "'selfsup[tensorboard]' (or tensorboard), or set train.tensorboard=false"
+            ) from None
     if cfg.train.sync_bn is None:
         cfg.train.sync_bn = bool(getattr(method, "sync_bn", False))  # and its BatchNorm
     if hasattr(method, "check_config"):  # a method's own constraints on the whole config

@@ -115,3 +115,22 @@ def test_plot_draws_a_runs_curves_and_errors_in_one_line(tiny_overrides, tmp_pat
     assert png.read_bytes()[:4] == b"\x89PNG" and str(png) in capsys.readouterr().out
     code = main(["plot", str(tmp_path)])
     assert_one_line_error(code, capsys.readouterr().err, r"holds no metrics\.jsonl")
+
+
+def test_tensorboard_scalars_equal_the_metrics(tiny_overrides, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from selfsup.trainer.loop import pretrain
+
+    cfg = load_config("default", [*tiny_overrides, "train.log_every=2", "train.tensorboard=true",
+                                  "eval.random_init_baseline=false"])  # fmt: skip
+    run = tmp_path / "runs" / "tiny"
+    pretrain(cfg, progress=False)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    got = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert [s for s, _ in got] == [s for s, _ in losses]
+    assert np.allclose([v for _, v in got], [v for _, v in losses], rtol=1e-6)
+    assert "lr" in events.Tags()["scalars"] and "knn_top1" in events.Tags()["scalars"]

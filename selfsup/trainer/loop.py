@@ -81,6 +81,39 @@ def _log(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+# Figures a metrics record may hold that TensorBoard gets as scalars (train.tensorboard).
+SCALARS = ("loss", "lr", "images_per_sec", "online_linear_top1", "knn_top1",
+           "knn_top1_random_init")  # fmt: skip
+
+
+class Metrics:
+    """metrics.jsonl (one JSON line per record) and, with ``tensorboard``, the same figures as
+    TensorBoard scalars in ``run_dir/tensorboard`` (x: the record's step). Rank 0 only."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, record: dict, step: int) -> None:
+        _log(self.path, record)
+        if self.writer is not None:
+            for key in SCALARS:
+                if isinstance(record.get(key), int | float):
+                    self.writer.add_scalar(key, record[key], step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def _open_run(cfg: Config | None, resume: str | Path | None):
     """(cfg, run_dir, checkpoint state or None) for a new or resumed run."""
     if resume is None:
@@ -151,7 +184,7 @@ def pretrain(
         if online is not None and "online_linear" in state:
             online.load_state_dict(state["online_linear"])
 
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics = Metrics(run_dir, cfg.train.tensorboard) if main else None
     bad_reported = 0
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     last_good = step if state is not None else None
@@ -196,7 +229,7 @@ def pretrain(
         for where, reason, text in sum(distributed.gather_objects(new), []):
             if main:
                 tqdm.write(f"selfsup: skipped bad sample {text}", file=sys.stderr)
-                _log(metrics_path, {"step": step, "bad_sample": where, "reason": reason})
+                metrics.write({"step": step, "bad_sample": where, "reason": reason}, step)
 
     bar = tqdm(
         total=last_step, initial=step, disable=not (progress and main), unit="step",
@@ -233,7 +266,7 @@ def pretrain(
                         top1 = round(online.train_top1(), 2)  # a collective
                         record["online_linear_top1"] = postfix["online"] = top1
                     if main:
-                        _log(metrics_path, record)
+                        metrics.write(record, step)
                     bar.set_postfix(postfix)
                     report_bad_samples()
                 if step % cfg.train.checkpoint_every == 0 or end_of_epoch or step == last_step:
@@ -249,12 +282,14 @@ def pretrain(
             if due and (step < last_step or not cfg.eval.knn):
                 acc = knn_of(cfg, method.backbone, device)
                 if main:
-                    _log(metrics_path, {"step": step, "epoch": epoch, "knn_top1": acc})
+                    metrics.write({"step": step, "epoch": epoch, "knn_top1": acc}, step)
                 postfix["knn"] = acc
                 bar.set_postfix(postfix)
     finally:
         bar.close()
         loader.close()
+        if metrics is not None:  # a run that fails keeps what TensorBoard was given
+            metrics.flush()
         if online is not None:
             online.close()
 
@@ -280,7 +315,8 @@ def pretrain(
     if main:
         torch.save(method.backbone.state_dict(), run_dir / "backbone.pt")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _log(metrics_path, {"event": "summary", **summary})
+        metrics.write({"event": "summary", **summary}, step)
+        metrics.close()
     return summary
 
 
