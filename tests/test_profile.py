@@ -134,3 +134,27 @@ def test_tensorboard_scalars_equal_the_metrics(tiny_overrides, tmp_path):
     assert [s for s, _ in got] == [s for s, _ in losses]
     assert np.allclose([v for _, v in got], [v for _, v in losses], rtol=1e-6)
     assert "lr" in events.Tags()["scalars"] and "knn_top1" in events.Tags()["scalars"]
+
+
+@pytest.mark.slow
+def test_profile_under_torchrun_reports_every_rank(synthetic_root, tmp_path):
+    import subprocess
+
+    from tests.test_bench_step import _overrides
+    from tests.test_torchrun import _env, pretrain_cmd
+
+    cmd = pretrain_cmd(2)[:-2]  # torchrun ... -m selfsup
+    out = subprocess.run(
+        [*cmd, "profile", "--no-progress", "--steps", "2", "--warmup", "1", "--out",
+         str(tmp_path / "p"), *_overrides(synthetic_root)],
+        capture_output=True, text=True, timeout=600, env=_env(),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("# selfsup profile") == 1  # rank 0 alone reports
+    r = json.loads((tmp_path / "p" / "report.json").read_text())
+    ranks = r["step"]["per_rank"]
+    assert [p["rank"] for p in ranks] == [0, 1] and r["step"]["launch"]["world_size"] == 2
+    # the global rate counts both ranks' batches over the slower rank's time
+    slowest = min(p["images_per_sec"]["end_to_end"] for p in ranks)
+    assert r["step"]["images_per_sec"]["end_to_end"] == pytest.approx(2 * slowest, rel=0.02)
+    assert "| rank | host |" in (tmp_path / "p" / "report.md").read_text()

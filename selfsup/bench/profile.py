@@ -359,6 +359,16 @@ def format_report(r: dict) -> str:
         ]
     lines += ["", "| engine threads | images/sec |", "|---|---|"]
     lines += [f"| {t['threads']} | {t['images_per_sec']:,.1f} |" for t in r["thread_scaling"]]
+    if len(s.get("per_rank", [])) > 1:
+        lines += ["", "Per rank (images/sec of this rank's share; the global figures above count "
+                  "every rank's batches over the slowest rank's time):", "",
+                  "| rank | host | model only | loader only | end to end | data wait, ms |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for pr in s["per_rank"]:
+            i = pr["images_per_sec"]
+            lines.append(f"| {pr['rank']} | {pr['host']} | {i['model_only']:,.1f} | "
+                         f"{i['loader_only']:,.1f} | {i['end_to_end']:,.1f} | "
+                         f"{pr['data_wait_median_ms']:.1f} |")  # fmt: skip
     e = s["end_to_end"]
     lines += [
         "",

@@ -135,7 +135,8 @@ def bench_step(
             batch = next(batches)
             bar.update()
         _sync(device)
-        loader_rate = _global_rate(per_rank, steps, time.perf_counter() - t0, device)
+        loader_s = time.perf_counter() - t0
+        loader_rate = _global_rate(per_rank, steps, loader_s, device)
 
         # (a) the model alone, on noise shaped like the loader's views (strides kept)
         views = [torch.empty_like(v).normal_() for v in batch.views]
@@ -148,7 +149,8 @@ def bench_step(
             train_step(model, views, lr_at(i), device, timer.mark, step=i)
             bar.update()
         _sync(device)
-        model_rate = _global_rate(per_rank, steps, time.perf_counter() - t0, device)
+        model_s = time.perf_counter() - t0
+        model_rate = _global_rate(per_rank, steps, model_s, device)
         model_phases = timer.phases()
 
         # (c) end to end: the real loader feeding the real step
@@ -166,8 +168,18 @@ def bench_step(
             train_step(model, batch.views, lr_at(i), device, timer.mark, step=i)
             bar.update()
         _sync(device)
-        e2e_rate = _global_rate(per_rank, steps, time.perf_counter() - t0, device)
+        e2e_s = time.perf_counter() - t0
+        e2e_rate = _global_rate(per_rank, steps, e2e_s, device)
         e2e_phases = timer.phases()
+        # this rank's own figures, every rank's on every rank (the slowest sets the pace)
+        mine = {
+            "rank": distributed.rank(), "host": launch.host,
+            "images_per_sec": {name: round(per_rank * steps / sec, 1) for name, sec in
+                               (("model_only", model_s), ("loader_only", loader_s),
+                                ("end_to_end", e2e_s))},
+            "data_wait_median_ms": _stats(e2e_phases["data_wait"])["median_ms"],
+        }  # fmt: skip
+        ranks = distributed.gather_objects(mine)
     finally:
         bar.close()
         if "batches" in locals():
@@ -203,6 +215,7 @@ def bench_step(
             "end_to_end": round(e2e_rate, 1),
         },
         "end_to_end_over_model_only": round(e2e_rate / model_rate, 3),
+        "per_rank": ranks,
         "timing": "CUDA events" if device.type == "cuda" else "wall clock",
         "model_only": breakdown(model_phases),
         "end_to_end": breakdown(e2e_phases),
