@@ -158,3 +158,24 @@ def test_profile_under_torchrun_reports_every_rank(synthetic_root, tmp_path):
     slowest = min(p["images_per_sec"]["end_to_end"] for p in ranks)
     assert r["step"]["images_per_sec"]["end_to_end"] == pytest.approx(2 * slowest, rel=0.02)
     assert "| rank | host |" in (tmp_path / "p" / "report.md").read_text()
+
+
+def test_trace_holds_the_steps_and_the_loader_stages(synthetic_root, tmp_path, capsys):
+    from selfsup.cli import main
+    from tests.test_bench_step import _overrides
+
+    out = tmp_path / "p"
+    code = main(["profile", "--no-progress", "--steps", "2", "--warmup", "1", "--trace",
+                 "--out", str(out), *_overrides(synthetic_root)])  # fmt: skip
+    assert code == 0
+    assert str(out / "trace.json") in capsys.readouterr().out
+    events = json.loads((out / "trace.json").read_text())["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert {"selfsup.data_wait", "selfsup.step"} <= names
+    assert {f"loader.{s}" for s in ("read", "decode", "crop_resize", "augment", "collate")} <= names
+    # the loader's ranges fall inside the traced window of the torch events
+    steps = [e for e in events if e.get("name") == "selfsup.step"]
+    ours = [e for e in events if e.get("cat") == "selfsup.loader"]
+    first, last = min(e["ts"] for e in steps), max(e["ts"] + e["dur"] for e in steps)
+    assert all(first - 5e6 < e["ts"] < last + 5e6 for e in ours)  # within seconds, not days
+    assert all(e["dur"] >= 0 for e in ours)

@@ -267,6 +267,13 @@ def add_profile_parser(subparsers) -> argparse.ArgumentParser:
         metavar="DIR",
         help="write report.json and report.md here (default: profile-<method>-<date>-<time>)",
     )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="also record --steps end-to-end steps with torch.profiler, the loader's stages "
+        "added as named ranges, into trace.json (trace-rank<N>.json under torchrun): open it "
+        "in https://ui.perfetto.dev or chrome://tracing",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=_profile)
@@ -284,12 +291,23 @@ def _profile(args: argparse.Namespace) -> int:
         raise SelfsupError(
             f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}"
         )
+    from selfsup.trainer.build import join
+
     cfg = load_config(args.config, args.overrides)
-    result = profile(cfg, steps=args.steps, warmup=args.warmup, progress=not args.no_progress)
+    join(cfg)  # the process group under torchrun (idempotent): the ranks agree on --out
+    out = Path(args.out or f"profile-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(distributed.broadcast_object(str(out)))  # one name on every rank
+    trace = None
+    if args.trace:
+        name = f"trace-rank{distributed.rank()}.json" if distributed.world_size() > 1 else None
+        trace = out / (name or "trace.json")
+    result = profile(cfg, steps=args.steps, warmup=args.warmup, progress=not args.no_progress,
+                     trace_path=trace)  # fmt: skip
     if not distributed.is_main():
         return 0
-    out = Path(args.out or f"profile-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     paths = write_report(result, out)
+    if trace is not None:
+        paths.append(trace)
     print(format_report(result))
     print("written: " + ", ".join(str(p) for p in paths))
     return 0

@@ -172,6 +172,56 @@ def model_rate(cfg: Config, steps: int, warmup: int, batch_factor: int = 1, sour
     return per_rank * steps / (time.perf_counter() - start)
 
 
+def trace(
+    cfg: Config, device, batch: int, steps: int, warmup: int, path: Path, source=None
+) -> Path:
+    """A Chrome/Perfetto trace of ``steps`` end-to-end steps: torch.profiler's events (the
+    step's operators, ``selfsup.data_wait`` and ``selfsup.step`` ranges) with the loader's
+    stages added as named ranges on the engine threads (``loader.decode``, ...)."""
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
+
+    from selfsup.trainer.build import build_model_and_optimizer, lr_schedule, train_step
+
+    threads = cfg.data.threads or distributed.cores_per_process()
+    loader = _loader(cfg, device, batch, threads, source, stage_timing=True)
+    model = build_model_and_optimizer(cfg, device, 1000, 100)
+    lr_at = lr_schedule(cfg, model.base_lr, 100)
+    it = _endless(loader)
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    try:
+        for i in range(warmup):
+            train_step(model, next(it).views, lr_at(i), device, step=i)
+        loader.stage_clock.record()
+        epoch_minus_perf = time.time_ns() - time.perf_counter_ns()
+        with torch_profile(activities=activities) as prof:
+            for i in range(warmup, warmup + steps):
+                with record_function("selfsup.data_wait"):
+                    b = next(it)
+                with record_function("selfsup.step"):
+                    train_step(model, b.views, lr_at(i), device, step=i)
+            _sync(device)
+        events = loader.stage_clock.events or []
+    finally:
+        it.close()
+        loader.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(path))
+    data = json.loads(path.read_text())
+    base = int(data.get("baseTimeNanoseconds", 0))  # the trace's times: epoch us minus this
+    pid = os.getpid()
+    for k, tid, start, end in events:
+        ts = (start * 1e9 + epoch_minus_perf - base) / 1000
+        data["traceEvents"].append({
+            "ph": "X", "cat": "selfsup.loader", "name": f"loader.{STAGES[k]}", "pid": pid,
+            "tid": tid, "ts": round(ts, 3), "dur": round((end - start) * 1e6, 3),
+        })  # fmt: skip
+    path.write_text(json.dumps(data))
+    return path
+
+
 def _with(cfg: Config, section: str, **changes) -> Config:
     return dataclasses.replace(
         cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)}
@@ -301,6 +351,7 @@ def profile(
     *,
     source=None,
     try_changes: bool = True,
+    trace_path: Path | None = None,
 ) -> dict:
     """Every measurement of the module doc, the verdict and the advice, as one dict.
     ``source``: a Source given in code instead of the config's data; ``try_changes=False``
@@ -313,7 +364,11 @@ def profile(
     scaling = thread_scaling(cfg, device, batch, steps, warmup, source)
     tried = candidates(cfg, device, steps, warmup, stages, batch, source) if try_changes else []
     kind, how, advice = verdict(cfg, step, scaling, stages, tried)
+    traced = None
+    if trace_path is not None:
+        traced = str(trace(cfg, device, batch, steps, warmup, trace_path, source))
     return {
+        "trace": traced,
         "verdict": kind,
         "how_much": how,
         "advice": advice,

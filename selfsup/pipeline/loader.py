@@ -257,7 +257,7 @@ class Loader:
                 continue
             start = time.perf_counter()
             batch = self._deliver(raw)
-            clock.add_collate(time.perf_counter() - start)  # the hand-over is collation
+            clock.add_collate(time.perf_counter() - start, start)  # the hand-over is batching
             yield batch
         self._next = 0
 

@@ -62,17 +62,34 @@ class StageClock:
         self.seconds = np.zeros(len(STAGES))
         self.samples = 0
         self.worker_seconds = 0.0  # the engine threads' working time, start to end of each task
+        # with `record()`: every stage's (stage, thread id, start, end) in perf_counter
+        # seconds, for a trace (selfsup profile --trace)
+        self.events: list[tuple[int, int, float, float]] | None = None
         self._lock = threading.Lock()
 
-    def add(self, seconds: np.ndarray, samples: int, worker_seconds: float = 0.0) -> None:
+    def record(self, on: bool = True) -> None:
+        """Start (or stop) keeping every stage's interval in ``events``."""
+        with self._lock:
+            self.events = [] if on else None
+
+    def add(
+        self, seconds: np.ndarray, samples: int, worker_seconds: float = 0.0, events=None
+    ) -> None:
         with self._lock:
             self.seconds += seconds
             self.samples += samples
             self.worker_seconds += worker_seconds
+            if self.events is not None and events:
+                self.events.extend(events)
 
-    def add_collate(self, seconds: float) -> None:
+    def add_collate(self, seconds: float, start: float | None = None) -> None:
+        """Batch-level seconds; with ``start``, one interval from there (for a trace)."""
         with self._lock:
             self.seconds[-1] += seconds
+            if self.events is not None and start is not None:
+                self.events.append(
+                    (len(STAGES) - 1, threading.get_native_id(), start, start + seconds)
+                )
 
     def reset(self) -> None:
         with self._lock:
@@ -286,7 +303,8 @@ class CpuEngine:
         batch = EngineBatch(views, params, labels_t, used_t, masks)
         if self.clock is not None:  # the batch's own work, before, between and after samples
             handoff = max(0.0, (t2 - t1) - (self.clock.worker_seconds - worked) / self.threads)
-            self.clock.add_collate(t1 - t0 + handoff + time.perf_counter() - t2)
+            self.clock.add_collate(t1 - t0, t0)
+            self.clock.add_collate(handoff + time.perf_counter() - t2, t2)
         return batch
 
     def _work(self, positions, indices, epoch, out, params, labels, used, masks) -> None:
@@ -296,12 +314,18 @@ class CpuEngine:
         t_read = t_decode = t_crop = t_aug = 0.0
         began = last = time.perf_counter() if timing else 0.0
         marks: list[float] | None = [] if timing else None
+        # a trace's intervals: (stage, start, end), only while the clock records them
+        spans: list[tuple[int, float, float]] | None = (
+            [] if timing and self.clock.events is not None else None
+        )
         for pos in positions:
             index = int(indices[pos])
             img, rows, labels[pos], used[pos] = self._decode(index, epoch, marks)
             if timing:  # marks: after the read, after the decode (the last attempt's)
                 t_read += marks[-2] - last
                 t_decode += marks[-1] - marks[-2]
+                if spans is not None:
+                    spans += [(0, last, marks[-2]), (1, marks[-2], marks[-1])]
                 last = marks[-1]
                 marks.clear()
             r = _reduction_of(rows.shape_full, img.shape)
@@ -324,6 +348,8 @@ class CpuEngine:
                 if timing:
                     now = time.perf_counter()
                     t_crop += now - last
+                    if spans is not None:
+                        spans.append((2, last, now))
                     last = now
                 if params is None:
                     augment.augment_cpu(crop, row, spec, out[gi][slot, pos], mask=mask)
@@ -335,10 +361,14 @@ class CpuEngine:
                 if timing:
                     now = time.perf_counter()
                     t_aug += now - last
+                    if spans is not None:
+                        spans.append((3, last, now))
                     last = now
         if timing:
             spent = np.array([t_read, t_decode, t_crop, t_aug, 0.0])
-            self.clock.add(spent, len(positions), time.perf_counter() - began)
+            tid = threading.get_native_id()
+            events = None if spans is None else [(k, tid, a, b) for k, a, b in spans]
+            self.clock.add(spent, len(positions), time.perf_counter() - began, events)
 
     def _rows(self, index: int, epoch: int, h: int, w: int) -> _Rows:
         """Every view's parameter row for sample ``index`` of an ``h`` x ``w`` image."""
