@@ -63,7 +63,7 @@ _CPU_CHANNELS_LAST_MIN_CHANNELS = 16
 
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
     """``train.channels_last``, except on a CPU for ResNets too narrow for it (see above): the
-    model and the loader's views then stay contiguous, and a warning says so once."""
+    model and the loader's views then stay contiguous, and a warning says so."""
     if not cfg.train.channels_last or device.type != "cpu":
         return cfg.train.channels_last
     from selfsup.trainer.models import MODELS
@@ -73,14 +73,13 @@ def use_channels_last(cfg: Config, device: torch.device) -> bool:
     shortcut_in = cfg.model.width * (4 if isinstance(probe.layer1[0], Bottleneck) else 1)
     if shortcut_in >= _CPU_CHANNELS_LAST_MIN_CHANNELS:
         return True
-    if not getattr(use_channels_last, "warned", False):
-        use_channels_last.warned = True
-        warnings.warn(
-            f"train.channels_last is off for this run: model.width={cfg.model.width} gives a "
-            f"{shortcut_in}-channel strided shortcut, which torch's CPU channels_last backward "
-            "mishandles below 16 channels",
-            stacklevel=2,
-        )
+    # Python's warnings filter shows it once per call site
+    warnings.warn(
+        f"train.channels_last is off for this run: model.width={cfg.model.width} gives a "
+        f"{shortcut_in}-channel strided shortcut, which torch's CPU channels_last backward "
+        "mishandles below 16 channels",
+        stacklevel=2,
+    )
     return False
 
 
