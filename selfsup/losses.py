@@ -270,7 +270,8 @@ def distillation(
     the student's class distributions softened by ``temperature``,
     ``-sum_y softmax(t / T)_y * log softmax(s / T)_y``, averaged over this rank's rows and
     multiplied by ``T^2`` (Hinton et al.; SimCLRv2's released distillation code does the
-    same, which keeps the gradient's size independent of T). No gradient reaches the teacher.
+    same; at high T it keeps the gradient's size about independent of T, while at T below 1
+    it shrinks it: by 10x at SimCLRv2's 0.1). No gradient reaches the teacher.
     [N, C] logits each."""
     s, t = _f32(student_logits, teacher_logits.detach())
     target = F.softmax(t / temperature, dim=1)

@@ -90,11 +90,45 @@ def test_finetune_writes_a_run_and_exports_with_fc(finetuned, tmp_path, capsys):
     assert torch.equal(state["fc.weight"], net.fc.weight)
 
 
-def test_finetune_from_random_init_differs_from_the_pretrained_start(untrained_run_dir):
+def _weights(run):
+    """The classifier's backbone parameters (BatchNorm statistics move even at lr 0)."""
+    state = torch.load(run / "network.pt", weights_only=True)
+    return {k: v for k, v in state.items() if k.startswith("backbone.") and "running" not in k
+            and "num_batches" not in k}  # fmt: skip
+
+
+def test_finetune_starts_from_the_pretrained_weights_or_random_ones(untrained_run_dir):
+    runs = untrained_run_dir.parent
+    lr0 = [*FT, "finetune.lr=0"]
+    assert main(["finetune", str(untrained_run_dir), "--labels", "2/class", "--name", "pre",
+                 *lr0]) == 0  # fmt: skip
     assert main(["finetune", str(untrained_run_dir), "--labels", "2/class", "--random-init",
-                 "--name", "scratch", *FT]) == 0  # fmt: skip
-    s = json.loads((untrained_run_dir.parent / "scratch" / "summary.json").read_text())
+                 "--name", "scratch", "finetune.seed=1", *lr0]) == 0  # fmt: skip
+    saved = torch.load(untrained_run_dir / "backbone.pt", weights_only=True)
+    pre, scratch = _weights(runs / "pre"), _weights(runs / "scratch")
+    assert all(torch.equal(v, saved[k.removeprefix("backbone.")]) for k, v in pre.items())
+    assert not torch.equal(scratch["backbone.conv1.weight"], pre["backbone.conv1.weight"])
+    s = json.loads((runs / "scratch" / "summary.json").read_text())
     assert s["from"] == "random init"
+
+
+def test_schedules_scale_with_epochs_and_bad_ones_are_refused():
+    from selfsup.downstream.settings import (
+        DISTILL_DEFAULT,
+        LINEAR_PRESETS,
+        with_overrides,
+    )
+    from selfsup.errors import ConfigError
+
+    moco = with_overrides(LINEAR_PRESETS["moco_v2"], {"epochs": 10}, "linear")
+    assert moco.milestones == [6, 8] and moco.factor(5) == 1
+    assert moco.factor(9) == pytest.approx(0.01)
+    d = with_overrides(DISTILL_DEFAULT, {"epochs": 10}, "distill")
+    assert d.warmup_epochs == 0.5 and d.factor(5) < 1  # warms up, then decays
+    with pytest.raises(ConfigError, match="warmup_epochs=12 must be below epochs=10"):
+        with_overrides(DISTILL_DEFAULT, {"epochs": 10, "warmup_epochs": 12}, "distill")
+    with pytest.raises(ConfigError, match="milestones"):
+        with_overrides(LINEAR_PRESETS["moco_v2"], {"epochs": 10, "milestones": [20]}, "linear")
 
 
 def test_distill_soft_and_hard(finetuned, capsys):
@@ -137,6 +171,15 @@ def test_errors_are_one_line(untrained_run_dir, finetuned, tmp_path, capsys):
     assert_one_line_error(code, capsys.readouterr().err, r"holds no classifier")
     code = main(["distill", "--teacher", str(finetuned), "distill.alpha=0.5", *DS])
     assert_one_line_error(code, capsys.readouterr().err, r"no --labels subset")
+    code = main(["distill", "--teacher", str(finetuned), "--labels", "2/class", *DS])
+    assert_one_line_error(code, capsys.readouterr().err, r"only with distill\.alpha")
+    code = main(["finetune", run, "--labels", "10%", "finetune.seed=-1", *FT])
+    assert_one_line_error(code, capsys.readouterr().err, r"finetune\.seed must be >= 0")
+    before = set(finetuned.parent.iterdir())
+    code = main(["distill", "--teacher", str(finetuned), "--mode", "hard",
+                 "distill.threshold=1.0", *DS])  # fmt: skip
+    assert_one_line_error(code, capsys.readouterr().err, r"threshold")
+    assert set(finetuned.parent.iterdir()) == before  # a failed run leaves no directory
 
 
 def test_simclrv2_fine_tunes_from_its_heads_first_layer(tiny_overrides, tmp_path, capsys):
@@ -154,8 +197,14 @@ def test_simclrv2_fine_tunes_from_its_heads_first_layer(tiny_overrides, tmp_path
     from selfsup.downstream.target import build_network
 
     net = build_network(cfg, 1, 10, method_state=ckpt)
-    assert torch.equal(net.head[0].weight, ckpt["projector.0.weight"])
     assert net.fc.in_features == net.head[0].out_features
+    # what the command trained from: at lr 0 its head layer is the checkpoint's
+    assert main(["finetune", run, "--labels", "2/class", "--name", "v2lr0", *FT,
+                 "finetune.lr=0"]) == 0  # fmt: skip
+    saved = torch.load(tmp_path / "runs" / "v2lr0" / "network.pt", weights_only=True)
+    assert torch.equal(saved["head.0.weight"], ckpt["projector.0.weight"])
+    code = main(["finetune", run, "--labels", "2/class", "--head-layers", "5", *FT])
+    assert_one_line_error(code, capsys.readouterr().err, r"has 2 hidden layer\(s\)")
     _, ft = load_network(tmp_path / "runs" / "v2ft")
     assert ft.head_layers == 1
     # torchvision's ResNet has no place for the head layer: the backbone alone, said so

@@ -279,6 +279,20 @@ def test_subsets_are_disjoint_from_the_evaluation_split(data, tmp_path):
         assert not {names[i] for i in select_subset(train, spec)} & val_names
 
 
+def test_subsets_index_the_train_split_even_when_val_names_repeat_it(tmp_path):
+    """As in the built-in dataset, val/ may reuse train/'s file names: a subset is still made
+    of train/ files only, and a label file selects the train image of that name."""
+    _write_split(tmp_path / "train", (6, 6))
+    _write_split(tmp_path / "val", (6, 6))  # the same names
+    train = ImageFolderSource(tmp_path / "train")
+    for spec in ["10%", "50%", "3/class"]:
+        for i in select_subset(train, spec):
+            assert train.paths[i].startswith(str(tmp_path / "train") + os.sep)
+    f = _label_file(tmp_path / "l.txt", ["n00000001_2.JPEG"])
+    (i,) = select_subset(train, str(f))
+    assert train.paths[i] == str(tmp_path / "train" / "n00000001" / "n00000001_2.JPEG")
+
+
 def _write_shard(path: Path, samples) -> None:
     with tarfile.open(path, "w") as tf:
         for name, data in samples:

@@ -42,6 +42,18 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help=OVERRIDES_HELP)
 
 
+def _single_process() -> None:
+    """The downstream commands run in one process; under torchrun every rank would repeat
+    the whole job and write its own run directory."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "selfsup eval, finetune, distill and export run in one process; start them "
+            "without torchrun (they use every core and one GPU)"
+        )
+
+
 def add_parsers(sub) -> None:
     ev = sub.add_parser(
         "eval",
@@ -166,6 +178,7 @@ def add_parsers(sub) -> None:
 
 
 def _eval_knn(args: argparse.Namespace) -> int:
+    _single_process()
     from selfsup.downstream.evaluate import run_knn, table, write_result
     from selfsup.downstream.target import open_target
 
@@ -183,6 +196,7 @@ def _eval_knn(args: argparse.Namespace) -> int:
 
 
 def _eval_linear(args: argparse.Namespace) -> int:
+    _single_process()
     from selfsup.downstream import linear
     from selfsup.downstream.evaluate import table, write_result
     from selfsup.downstream.settings import (
@@ -217,6 +231,7 @@ def _eval_linear(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    _single_process()
     from selfsup.downstream.finetune import finetune
     from selfsup.downstream.settings import split_overrides
     from selfsup.downstream.target import open_target
@@ -242,6 +257,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
+    _single_process()
     from pathlib import Path
 
     from selfsup.downstream.distill import distill
@@ -281,6 +297,7 @@ def table_of(rows) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
+    _single_process()
     from selfsup.downstream.export import export
 
     fmt = args.format or ("safetensors" if args.out.endswith(".safetensors") else "torchvision")

@@ -84,6 +84,11 @@ def distill(
     s: Distill = with_overrides(DISTILL_DEFAULT, settings, "distill")
     same_arch = dataclasses.asdict(cfg.model) == dataclasses.asdict(teacher_cfg.model)
     tau = s.temperature if s.temperature is not None else (0.1 if same_arch else 1.0)
+    if s.mode == "soft" and labels is not None and s.alpha == 1:
+        raise ConfigError(
+            "--labels gives the labelled images a term in the loss only with distill.alpha "
+            "below 1 (soft mode); set e.g. distill.alpha=0.5, or drop --labels"
+        )
     if s.alpha < 1 and labels is None:
         raise ConfigError(
             f"distill.alpha={s.alpha} gives the labels a weight of {1 - s.alpha:g}, but no "
@@ -104,9 +109,7 @@ def distill(
     if labels is not None:
         _, subset, label_info = labelled_subset(cfg, labels, s.seed)
         labelled[subset.indices] = True
-    run_dir = new_dir(Path(cfg.run_dir), name or f"{teacher_dir.name}-distill-{s.mode}")
-    dump_config(cfg, run_dir / "config.yaml")
-    pseudo_info = None
+    pseudo_info, logits = None, None
     if s.mode == "soft":
         train_source = source
         views = make_recipe("supervised", data.size)
@@ -116,7 +119,6 @@ def distill(
         logits, _ = predictions(teacher, source, size=data.eval_size, device=device,
                                 threads=threads, engine=data.engine,
                                 reduced_decode=data.reduced_decode)  # fmt: skip
-        torch.save(logits.cpu(), run_dir / "teacher_logits.pt")
         idx, pseudo, pseudo_info = select_pseudo_labels(logits.cpu(), s.threshold, s.balance)
         true = source_labels(source)
         lab = np.flatnonzero(labelled)
@@ -131,8 +133,14 @@ def distill(
         train_source = SubsetSource(source, all_idx)
         views = make_recipe(s.student_recipe, data.size)[:1]
     views = [dataclasses.replace(views[0], count=1, scale=tuple(s.crop_scale))]
-    torch.manual_seed(s.seed)
-    student = build_network(cfg, 0, source.num_classes)
+    # every check passed: the run directory now (a failed run leaves none behind)
+    run_dir = new_dir(Path(cfg.run_dir), name or f"{teacher_dir.name}-distill-{s.mode}")
+    dump_config(cfg, run_dir / "config.yaml")
+    if logits is not None:
+        torch.save(logits.cpu(), run_dir / "teacher_logits.pt")
+    with torch.random.fork_rng():  # the student's seeded init; the caller's RNG untouched
+        torch.manual_seed(s.seed)
+        student = build_network(cfg, 0, source.num_classes)
     student.drop = nn.Dropout(s.dropout) if s.dropout else nn.Identity()
     student = student.to(device)
     batch = min(s.batch_size, len(train_source))
@@ -150,12 +158,13 @@ def distill(
     }  # fmt: skip
     (run_dir / "distill.json").write_text(json.dumps(record, indent=2) + "\n")
 
+    targets_d, labelled_d = targets.to(device), is_labelled.to(device)  # indexed on the device
+
     def batch_loss(b):
         x = b.views[0].flatten(0, 1)
         out = student(x)
-        idx = b.indices.cpu()
-        y = targets[idx].to(device)
-        lab = is_labelled[idx].to(device)
+        idx = b.indices.to(device)
+        y, lab = targets_d[idx], labelled_d[idx]
         if s.mode == "hard":
             return nn.functional.cross_entropy(out, y)
         with torch.no_grad():

@@ -50,8 +50,9 @@ def run_knn(t: Target, ks: tuple[int, ...] = DEFAULT_KS, temperature: float | No
     bank = dict(dtype=BANK_DTYPES[ev.knn_bank_dtype], on_host=ev.knn_bank_on_host)
     train_f, train_y = split_features(cfg, net, cfg.data.train_split, device, **bank)
     val_f, val_y = split_features(cfg, net, cfg.data.val_split, device)
+    ks = tuple(sorted({min(k, len(train_f)) for k in ks}))  # at most the whole bank
     scores = knn_accuracy(
-        train_f, train_y, val_f, val_y, ks=tuple(ks), temperature=temperature,
+        train_f, train_y, val_f, val_y, ks=ks, temperature=temperature,
         bank_chunk=ev.knn_bank_chunk if ev.knn_bank_on_host else None, device=device,
     )  # fmt: skip
     return {

@@ -53,10 +53,23 @@ def export(target: str | Path, out: str | Path, fmt: str = "torchvision") -> dic
         cfg = t.cfg
         state = {k: v for k, v in t.backbone.state_dict().items() if not k.startswith("fc.")}
     else:  # a weights file: its tensors with clean names, checked to be a ResNet
+        if not target.exists():
+            raise CheckpointError(
+                f"{str(target)!r} does not exist; give a run directory or a weights file"
+            )
         cfg, state = None, read_state(target)
         if "conv1.weight" not in state:
             raise CheckpointError(f"{target} holds {describe_resnet(state)}, not a ResNet")
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    conv1 = state["conv1.weight"]
+    width, stem = conv1.shape[0], conv1.shape[-1]
+    if fmt == "torchvision" and (width != 64 or stem != 7):
+        other = (
+            f"torchvision's resnets have width 64 and a 7x7 stem; these weights (width {width}, "
+            f"{stem}x{stem} stem) have its names but load only into a model built the same way "
+            "(selfsup's model.width, model.small_input)"
+        )
+        note = f"{note}; {other}" if note else other
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     if fmt == "torchvision":

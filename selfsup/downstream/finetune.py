@@ -111,12 +111,13 @@ def finetune(
     s = with_overrides(base, settings or {}, "finetune")
     if head_layers is None:
         head_layers = FINETUNE_HEAD_LAYERS.get(cfg.method.name, 0)
-    if random_init:
+    with torch.random.fork_rng():  # seeded inits; the caller's RNG untouched
         torch.manual_seed(s.seed)
-        backbone, method_state = build_backbone(cfg), None
-    else:
-        backbone, method_state = t.backbone, _method_state(t, head_layers)
-    net = build_network(cfg, head_layers, source.num_classes, backbone, method_state)
+        if random_init:
+            backbone, method_state = build_backbone(cfg), None
+        else:
+            backbone, method_state = t.backbone, _method_state(t, head_layers)
+        net = build_network(cfg, head_layers, source.num_classes, backbone, method_state)
     net = net.to(device)
     batch = min(s.batch_size, len(subset))
     if batch != s.batch_size:

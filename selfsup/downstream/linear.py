@@ -15,6 +15,7 @@ decay, epochs and schedule; centre-crop evaluation. What a paper's linear number
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -126,6 +127,8 @@ def train_protocol_classifier(
     """A linear classifier trained on the frozen ``backbone`` (eval mode, no gradients) with
     crop-and-flip views (the ``supervised`` recipe) of ``train_source``, as ``s`` says."""
     batch = min(s.batch_size, len(train_source))
+    if batch != s.batch_size:
+        s = dataclasses.replace(s, batch_size=batch)  # lr scaling follows the real batch
     loader = Loader(
         train_source, "supervised", batch, device, s.seed, size=size, threads=threads,
         view_overrides={"scale": s.crop_scale},

@@ -39,12 +39,19 @@ class Supervised:
     fc_init: str = choice("zero", "zero", "normal")  # normal: N(0, 0.01) (MoCo v3), bias 0
     # the training views' random-resized-crop area range (Inception's (0.08, 1) in every paper)
     crop_scale: tuple[float, float] = (0.08, 1.0)
-    seed: int = 0
+    seed: int = bounded(0, 0)
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"crop_scale must satisfy 0 < low <= high <= 1, got {lo}, {hi}")
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"warmup_epochs={self.warmup_epochs:g} must be below epochs={self.epochs}"
+            )
+        late = [m for m in self.milestones if not 0 < m < self.epochs]
+        if self.schedule == "step" and late:
+            raise ConfigError(f"milestones {late} must lie between 0 and epochs={self.epochs}")
 
     def scaled(self, lr: float) -> float:
         """``lr`` scaled by the batch as ``lr_scaling`` says."""
@@ -193,6 +200,17 @@ def split_overrides(overrides: list[str], prefix: str) -> tuple[list[str], dict]
 
 
 def with_overrides(base: Supervised, values: dict, prefix: str) -> Supervised:
-    """``base`` with ``values`` (``prefix.key`` on the command line) replaced, validated."""
+    """``base`` with ``values`` (``prefix.key`` on the command line) replaced, validated.
+
+    A preset's warm-up and step milestones are parts of its schedule: when ``epochs`` is
+    changed and they are not, they scale with it (MoCo's drops at 60 and 80 of 100 epochs fall
+    at 6 and 8 of 10)."""
     data = {**dataclasses.asdict(base), **values}
+    epochs = values.get("epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0:
+        f = epochs / base.epochs
+        if "warmup_epochs" not in values:
+            data["warmup_epochs"] = base.warmup_epochs * f
+        if "milestones" not in values:
+            data["milestones"] = sorted({max(1, round(m * f)) for m in base.milestones})
     return build_dataclass(type(base), data, prefix + ".", "command line")

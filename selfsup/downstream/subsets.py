@@ -15,7 +15,7 @@ of the training split, given by ``SPEC``:
   stripped; blank lines and lines starting with ``#`` are skipped; a name listed twice counts
   once. In an image folder a line must equal an image's file name; when file names repeat
   across class folders (the built-in dataset's ``00000.jpg``), names are paths relative to the
-  split's root (``circle/00000.jpg``), and a line holding a longer path counts by its base
+  split's root (``00_circle/00000.jpg``), and a line holding a longer path counts by its base
   name. In tar shards a line is matched, like webdataset keys, up to the first dot of its
   base name (``n01440764_10026.JPEG`` names the sample stored as ``n01440764_10026.jpg``).
   Sources without file names (``.beton``, arrays) cannot be subset by a file.

@@ -19,7 +19,7 @@ from torch import nn
 
 from selfsup.config import Config, load_config
 from selfsup.downstream.weights import load_backbone_state, read_state
-from selfsup.errors import CheckpointError
+from selfsup.errors import CheckpointError, ConfigError
 from selfsup.trainer.build import build_backbone
 from selfsup.trainer.classifier import Classifier
 from selfsup.trainer.methods import build_method
@@ -113,6 +113,12 @@ def build_network(
             raise CheckpointError(
                 f"method {cfg.method.name!r} keeps no projection head layers to fine-tune "
                 "from; use finetune.head_layers=0 (simclrv2 fine-tunes from its first)"
+            )
+        hidden = getattr(cfg.method, "proj_layers", 1) - 1
+        if head_layers > hidden:
+            raise ConfigError(
+                f"--head-layers {head_layers}: the {cfg.method.name} head has {hidden} hidden "
+                f"layer(s) to fine-tune from; give 0 to {hidden}"
             )
         if method_state is not None:
             prefix = "projector."
