@@ -182,10 +182,7 @@ def _step(args: argparse.Namespace) -> int:
     from selfsup.bench.step import bench_step, format_report
     from selfsup.config import load_config
 
-    if args.steps < 1 or args.warmup < 0:
-        raise SelfsupError(
-            f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}"
-        )
+    _check_steps(args)
     cfg = load_config(args.config, args.overrides)
     result = bench_step(cfg, steps=args.steps, warmup=args.warmup, progress=not args.no_progress)
     if not distributed.is_main():
@@ -194,6 +191,14 @@ def _step(args: argparse.Namespace) -> int:
     if args.json:
         _write_json(args.json, result)
     return 0
+
+
+def _check_steps(args: argparse.Namespace) -> None:
+    """``bench step`` and ``profile``: at least one timed step, no negative warm-up."""
+    if args.steps < 1 or args.warmup < 0:
+        raise SelfsupError(
+            f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}"
+        )
 
 
 def _write_json(where: str, result: dict) -> None:
@@ -287,10 +292,7 @@ def _profile(args: argparse.Namespace) -> int:
     from selfsup.bench.profile import format_report, profile, write_report
     from selfsup.config import load_config
 
-    if args.steps < 1 or args.warmup < 0:
-        raise SelfsupError(
-            f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}"
-        )
+    _check_steps(args)
     from selfsup.trainer.build import join
 
     cfg = load_config(args.config, args.overrides)

@@ -106,8 +106,9 @@ def run_figures(run_dir: Path, out: Path | None = None) -> list[Path]:
     plt = _pyplot()
     if plt is None:
         raise SelfsupError(MISSING)
-    records = [r for r in read_metrics(run_dir) if "loss" in r]
-    knn = [r for r in read_metrics(run_dir) if "knn_top1" in r and "event" not in r]
+    everything = read_metrics(run_dir)
+    records = [r for r in everything if "loss" in r]
+    knn = [r for r in everything if "knn_top1" in r and "event" not in r]
     if not records:
         raise CheckpointError(f"{run_dir / 'metrics.jsonl'} holds no loss records yet")
     x_key = "step" if "step" in records[0] else "epoch"

@@ -131,25 +131,17 @@ FINETUNE_PRESETS: dict[str, dict[str, Supervised]] = {
     },
     # SwAV: SGD 20 epochs, trunk / head 0.02 / 5 (1%), 0.01 / 0.2 (10%), x0.2 at 12 and 16
     "swav": {
-        "1%": _s(
-            lr=5.0,
-            lr_backbone=0.02,
+        share: _s(
+            lr=head,
+            lr_backbone=trunk,
             lr_scaling="none",
             epochs=20,
             schedule="step",
             milestones=[12, 16],
             gamma=0.2,
-        ),  # fmt: skip
-        "10%": _s(
-            lr=0.2,
-            lr_backbone=0.01,
-            lr_scaling="none",
-            epochs=20,
-            schedule="step",
-            milestones=[12, 16],
-            gamma=0.2,
-        ),  # fmt: skip
-    },
+        )
+        for share, trunk, head in (("1%", 0.02, 5.0), ("10%", 0.01, 0.2))
+    },  # fmt: skip
     # Barlow Twins: 20 epochs, backbone 0.005, head 0.5, wd 0, cosine
     "barlow_twins": {
         p: _s(lr=0.5, lr_backbone=0.005, lr_scaling="none", epochs=20) for p in ("1%", "10%")
