@@ -45,6 +45,9 @@ class DataConfig:
     size: int = bounded(224, 8)  # side of the largest view; smaller views scale with it
     eval_size: int = bounded(224, 8)  # side of the centre crop used by k-NN evaluation
     view_overrides: dict[str, Any] = field(default_factory=dict)  # ViewSpec fields, every view
+    # multi-crop recipes (SwAV, DINO, ReLICv2): the number of small views per image; None: the
+    # recipe's (SwAV 6, DINO 8, ReLICv2 2). Fewer cost less to load and to train on.
+    small_crops: int | None = None
     engine: str = choice("auto", "auto", "cpu", "dali")  # auto: dali on a GPU if installed
     reduced_decode: bool = True  # cpu engine: DCT-scaled JPEG decoding when the crops allow
     threads: int = bounded(0, 0)  # decode/augment threads; 0 = this node's cores / its processes
@@ -303,7 +306,8 @@ def _check_views(cfg: Config, method: type, where: str) -> None:
 
     d = cfg.data
     try:
-        views = override_views(recipe(d.recipe, d.size), d.view_overrides, "data.view_overrides")
+        views = recipe(d.recipe, d.size, small_crops=d.small_crops)
+        views = override_views(views, d.view_overrides, "data.view_overrides")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     # Keep the coerced values, so the run directory's config.yaml holds well-formed ones.

@@ -320,3 +320,27 @@ def test_bad_bases_are_one_line_errors(tmp_path, files, pattern):
         (tmp_path / name).write_text(text)
     with pytest.raises(ConfigError, match=pattern):
         load_config(tmp_path / "a.yaml")
+
+
+def test_small_crops_is_checked_against_the_recipe_and_the_method():
+    cfg = load_config("default", ["data.recipe=swav", "data.small_crops=2"])
+    assert cfg.data.small_crops == 2
+    with pytest.raises(ConfigError, match="data.small_crops is set but the recipe has no small"):
+        load_config("default", ["data.small_crops=2"])  # simclr's recipe
+    with pytest.raises(ConfigError, match="needs at least 3"):
+        load_config("dino_demo", ["data.small_crops=0"])
+
+
+def test_small_crops_reach_the_training_loader():
+    import torch
+
+    from selfsup.trainer.build import build_loader, describe_launch
+
+    cfg = load_config("tests/tiny.yaml", ["method.name=swav", "data.small_crops=2"])
+    device = torch.device("cpu")
+    loader = build_loader(cfg, device, describe_launch(cfg, device), progress=False, prefetch=0)
+    try:
+        views = next(iter(loader)).views
+    finally:
+        loader.close()
+    assert [tuple(v.shape[:2]) for v in views] == [(2, 16), (2, 16)]

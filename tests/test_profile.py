@@ -17,6 +17,7 @@ from selfsup.bench.profile import format_report, profile, thread_counts, write_r
 from selfsup.config import load_config
 from selfsup.pipeline import ImageFolderSource
 from selfsup.pipeline.decode import decode_image
+from selfsup.pipeline.loader import dali_installed
 from selfsup.pipeline.sources import ArraySource
 
 COMMON = ["train.threads=0", "data.threads=0", "eval.knn=false", "train.channels_last=true"]
@@ -49,20 +50,36 @@ def test_a_tiny_model_on_224px_jpegs_is_input_bound(tmp_path):
         "model.width=1", "model.small_input=false", "train.batch_size=16",
     ])  # fmt: skip
     assert cfg.data.recipe == "simclr"
-    r = profile(cfg, steps=3, warmup=1, progress=False, source=big_photos(tmp_path))
+    changes = ("bf16", "reduced_decode", "beton", "dali")
+    r = profile(cfg, steps=3, warmup=1, progress=False, source=big_photos(tmp_path),
+                changes=changes)  # fmt: skip
     assert r["verdict"] == "input-bound", r["how_much"]
     ips = r["step"]["images_per_sec"]
     assert ips["loader_only"] < 0.9 * ips["model_only"]
     _check_stages(r)
-    # the decode of ~450x380 JPEGs and the 224 px augmentation dominate, not reading
+    # the decode of 2400x1800 JPEGs and the 224 px augmentation dominate, not reading
     st = r["loader_stages"]["stages_ms"]
     assert st["decode"] + st["augment"] > st["read"]
+    # on a CPU device nothing is copied and the augmentation is fused into the engine
+    assert r["loader_stages"]["device_stages_ms"] == {"h2d": None, "device_augment": None}
+    assert "no host-to-device copy (the device is the host)" in format_report(r)
     assert any(a.startswith(("more cores", "data.threads")) for a in r["advice"]), r["advice"]
     # DCT-reduced decoding was off: measured, and advised when it helps
     (tried,) = [c for c in r["candidates"] if c["option"] == "data.reduced_decode=true"]
     if tried["gain"] > 1.05:
         assert any(a.startswith("data.reduced_decode=true") for a in r["advice"])
     assert not any(a.startswith("train.") for a in r["advice"])  # model changes: not advised
+    # the same 32 photos packed at twice the view size decode several times faster: advised
+    (packed,) = [c for c in r["candidates"] if c["option"] == "selfsup pack --max-res 448"]
+    assert packed["side"] == "loader" and packed["gain"] > 2, packed
+    assert "median of 2400 px" in packed["detail"]
+    assert any(a.startswith("selfsup pack --max-res 448") for a in r["advice"]), r["advice"]
+    options = {c["option"] for c in r["candidates"]}
+    assert "train.compile=true" not in options  # not among `changes`
+    if dali_installed():  # measured in DALI's CPU-only mode here, advised only if faster
+        (dali,) = [c for c in r["candidates"] if c["option"] == "data.engine=dali"]
+        assert "CPU-only" in dali["detail"]
+        assert any(a.startswith("data.engine=dali") for a in r["advice"]) == (dali["gain"] > 1.05)
     assert [t["threads"] for t in r["thread_scaling"]] == thread_counts(
         r["thread_scaling"][-1]["threads"]
     )
@@ -87,13 +104,42 @@ def test_resnet50_on_64px_arrays_is_compute_bound():
         "model.width=64", "model.small_input=false", "train.batch_size=8",
         "data.view_overrides={jitter_p: 0, grayscale_p: 0, blur_p: 0, solarize_p: 0}",
     ])  # fmt: skip
-    r = profile(cfg, steps=3, warmup=1, progress=False, source=source, try_changes=False)
+    r = profile(cfg, steps=3, warmup=1, progress=False, source=source, changes=())
     assert r["verdict"] == "compute-bound", r["how_much"]
     ips = r["step"]["images_per_sec"]
     assert ips["loader_only"] > 1.1 * ips["model_only"]
     _check_stages(r)
     # advice for the compute side never names a loader change
     assert not any(a.startswith(("data.", "more cores")) for a in r["advice"]), r["advice"]
+
+
+@pytest.mark.slow
+def test_multi_crop_candidates_fewer_small_views_and_compile():
+    """A SwAV config (2 large + 6 small views): half the small views is measured on both
+    sides, torch.compile on the model; arrays and views already small: no packing advice."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 40, 40, 3), dtype=np.uint8)
+    source = ArraySource(images, rng.integers(0, 4, 64))
+    cfg = load_config("tests/tiny.yaml", [*COMMON, "method.name=swav", "data.size=32",
+                                          "model.width=16", "train.batch_size=16"])  # fmt: skip
+    r = profile(cfg, steps=2, warmup=1, progress=False, source=source,
+                changes=("small_crops", "compile", "beton"))  # fmt: skip
+    by_option = {c["option"]: c for c in r["candidates"]}
+    assert set(by_option) == {"data.small_crops=3", "train.compile=true"}
+    fewer = by_option["data.small_crops=3"]
+    assert fewer["side"] == "both" and "3 small views per image instead of 6" in fewer["detail"]
+    # advised when the slower side got faster (on these tiny timings it may not have)
+    advised = any(a.startswith("data.small_crops=3") for a in r["advice"])
+    assert advised == (fewer["gain"] > 1.05), (fewer, r["advice"])
+    assert by_option["train.compile=true"]["side"] == "model"
+
+
+def test_profile_refuses_an_unknown_change(capsys):
+    from selfsup.cli import main
+
+    assert main(["profile", "--changes", "bf16,turbo", "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown change 'turbo'" in err[0], err
 
 
 @pytest.mark.parametrize("cores, expected", [(1, [1]), (2, [1, 2]), (6, [1, 2, 4, 6]),

@@ -3,6 +3,8 @@ the views, and per-sample probabilities."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ from selfsup.kernels.layout import (
     P_SOLARIZE,
 )
 from selfsup.pipeline.params import draw_params
-from selfsup.pipeline.recipes import RECIPES, recipe
+from selfsup.pipeline.recipes import RECIPES, recipe, small_view_count
 from selfsup.pipeline.rng import sample_rng
 from selfsup.pipeline.views import IMAGENET_MEAN, IMAGENET_STD, ViewSpec, expand, group_by_size
 
@@ -354,3 +356,33 @@ def test_a_registered_recipe_is_usable_by_name(monkeypatch) -> None:
     assert [(v.size, v.count) for v in recipes.recipe("tiny_pair", 32)] == [(32, 2)]
     with pytest.raises(ValueError, match="already registered"):
         register_recipe("tiny_pair", lambda size=64: [])
+
+
+@pytest.mark.parametrize(
+    "name, n, expected",
+    [
+        ("swav", 2, [(224, 2), (96, 2)]),
+        ("swav", 0, [(224, 2)]),
+        ("dino", 3, [(224, 1), (224, 1), (96, 3)]),
+        # ReLICv2's two kinds of small view take the count in turn; a kind left empty goes
+        ("relicv2", 1, [(224, 2), (224, 2), (96, 1)]),
+        ("relicv2", 5, [(224, 2), (224, 2), (96, 3), (96, 2)]),
+    ],
+)
+def test_small_crops_sets_the_number_of_small_views(name, n, expected) -> None:
+    views = recipe(name, small_crops=n)
+    assert [(v.size, v.count) for v in views] == expected
+    assert small_view_count(views) == n
+    # the large views and the small ones' other fields are the recipe's
+    full = recipe(name)
+    large = [v for v in full if v.size == full[0].size]
+    assert views[: len(large)] == large
+    kinds = [replace(v, count=1) for v in full]
+    assert all(replace(v, count=1) in kinds for v in views)
+
+
+def test_small_crops_on_a_recipe_without_small_views_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="no small views"):
+        recipe("simclr", small_crops=2)
+    with pytest.raises(ConfigError, match="integer >= 0"):
+        recipe("swav", small_crops=-1)

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from selfsup.errors import SelfsupError
+from selfsup.errors import ConfigError, SelfsupError
 
 LOADER_DESCRIPTION = """\
 Images/sec of the selfsup Loader and, in the same run, of a reference loader for the same
@@ -240,6 +240,7 @@ def _loader(args: argparse.Namespace) -> int:
 
 def add_profile_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``profile`` command to the ``selfsup`` sub-parsers."""
+    from selfsup.bench.profile import CHANGES
     from selfsup.bench.profile import __doc__ as doc
 
     p = subparsers.add_parser(
@@ -279,10 +280,35 @@ def add_profile_parser(subparsers) -> argparse.ArgumentParser:
         "added as named ranges, into trace.json (trace-rank<N>.json under torchrun): open it "
         "in https://ui.perfetto.dev or chrome://tracing",
     )
+    p.add_argument(
+        "--changes",
+        default="all",
+        metavar="LIST",
+        help="candidate changes to measure, comma-separated, from "
+        f"{','.join(CHANGES)}; 'all' (default) or 'none'",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     p.set_defaults(func=_profile)
     return p
+
+
+def _changes(text: str) -> tuple[str, ...]:
+    """``--changes``: 'all', 'none' or names of CHANGES; a one-line error for others."""
+    from selfsup.bench.profile import CHANGES
+
+    if text == "all":
+        return CHANGES
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if text == "none":
+        return ()
+    bad = [n for n in names if n not in CHANGES]
+    if bad or not names:
+        raise ConfigError(
+            f"--changes: unknown change {(bad or [text])[0]!r}; give 'all', 'none' or a "
+            f"comma-separated list of {', '.join(CHANGES)}"
+        )
+    return names
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -293,6 +319,7 @@ def _profile(args: argparse.Namespace) -> int:
     from selfsup.config import load_config
 
     _check_steps(args)
+    changes = _changes(args.changes)
     from selfsup.trainer.build import join
 
     cfg = load_config(args.config, args.overrides)
@@ -304,7 +331,7 @@ def _profile(args: argparse.Namespace) -> int:
         name = f"trace-rank{distributed.rank()}.json" if distributed.world_size() > 1 else None
         trace = out / (name or "trace.json")
     result = profile(cfg, steps=args.steps, warmup=args.warmup, progress=not args.no_progress,
-                     trace_path=trace)  # fmt: skip
+                     changes=changes, trace_path=trace)  # fmt: skip
     if not distributed.is_main():
         return 0
     paths = write_report(result, out)

@@ -44,10 +44,19 @@ def profile_figures(r: dict, out: Path) -> list[Path]:
     if st.get("stages_ms"):
         short = {"read": "read", "decode": "decode", "crop_resize": "crop + resize",
                  "augment": "colour, blur, mask,\nnormalise", "collate": "batching"}  # fmt: skip
-        fig, ax = plt.subplots(figsize=(6.0, 2.8))
+        short["device_augment"] = "batched augment\n(on the device)"
         names = list(st["stages_ms"])
-        ax.barh([short.get(n, n) for n in names], [st["stages_ms"][n] for n in names],
-                color="#4c72b0")  # fmt: skip
+        labels, values = [short.get(n, n) for n in names], [st["stages_ms"][n] for n in names]
+        colours = ["#4c72b0"] * len(names)
+        if st.get("device_stages_on") == "gpu":  # GPU time, beside the host's (it overlaps)
+            gpu = {"h2d": "GPU: copy to device", "device_augment": "GPU: augment"}
+            for k, v in (st.get("device_stages_ms") or {}).items():
+                if v is not None:
+                    labels.append(gpu[k])
+                    values.append(v)
+                    colours.append("#dd8452")
+        fig, ax = plt.subplots(figsize=(6.0, 2.8 + 0.3 * (len(labels) - 5)))
+        ax.barh(labels, values, color=colours)
         ax.invert_yaxis()
         ax.set_xlabel("ms per image, one engine thread")
         ax.set_title(f"loader stages ({st['stages_sum_ms']:.2f} ms per image)")

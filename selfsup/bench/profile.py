@@ -6,14 +6,18 @@ builds them:
 1. **the loader's stages**: one engine thread, no prefetch, the cpu engine timing each
    sample's read, decode, crop and resize, augmentation (colour, blur, masking and the
    normalisation, fused on a CPU) and each batch's collation (``Loader(stage_timing=True)``);
-   every stage is timed on its own, so their sum checks against the loader's wall time;
+   every stage is timed on its own, so their sum checks against the loader's wall time. On
+   a GPU, the host-to-device copy and the batched augmentation on the device are timed too,
+   as GPU time from CUDA events (``DeviceClock``);
 2. **the loader's thread scaling**: images/sec with 1, 2, 4, ... engine threads up to the
    cores this process may use;
 3. **the step** (``bench step``): the model alone on synthetic batches (forward, backward,
    optimizer), the loader alone, and end to end with each step's wait for data;
-4. **candidate changes**, each measured the same way: the model with ``channels_last``,
-   bf16 or a doubled batch (when the config does not already use them), the loader with
-   DCT-reduced decoding (when off).
+4. **candidate changes**, each measured in the same run against the config measured the
+   same way (``--changes``; the ones the config already uses are left out): the model with
+   ``channels_last``, bf16, a doubled batch or ``torch.compile``; the loader with DCT-reduced
+   decoding, the dali engine, or its images packed into a .beton with a smaller maximum
+   side; a multi-crop recipe with half its small views (the loader and the model both).
 
 The **verdict** compares what the loader delivers with what the model consumes: input-bound
 when the loader alone gives less than 90% of the model's rate, compute-bound when it gives
@@ -36,8 +40,7 @@ from selfsup.bench.step import _endless, _sync, bench_step
 from selfsup.config import Config
 from selfsup.pipeline.engines.cpu import STAGES
 from selfsup.pipeline.loader import Loader
-from selfsup.pipeline.sources import open_split
-from selfsup.trainer.build import use_channels_last
+from selfsup.trainer.build import build_loader, describe_launch
 
 INPUT_BOUND, COMPUTE_BOUND = 0.9, 1.1  # loader rate / model rate thresholds
 STAGE_LABELS = {
@@ -46,27 +49,16 @@ STAGE_LABELS = {
     "crop_resize": "crop and resize",
     "augment": "colour, blur, masking, normalise",
     "collate": "batching (buffers, thread hand-off, hand-over)",
+    "device_augment": "batched augmentation on the device",
+    "h2d": "host-to-device copy",
 }
 
 
 def _loader(cfg: Config, device, batch: int, threads: int, source=None, **kw) -> Loader:
-    data = cfg.data
-    if source is None:
-        source = open_split(data, data.train_split, progress=False)
-    return Loader(
-        source,
-        data.recipe,
-        batch,
-        device,
-        cfg.train.seed,
-        size=data.size,
-        view_overrides=data.view_overrides,
-        channels_last=use_channels_last(cfg, torch.device(device)),
-        threads=threads,
-        max_bad_fraction=data.max_bad_fraction,
-        engine=data.engine,
-        **{"reduced_decode": data.reduced_decode, "prefetch": data.prefetch, **kw},
-    )
+    """The training loader (``build_loader``) with ``threads`` engine threads and ``kw``."""
+    launch = describe_launch(cfg, torch.device(device))
+    return build_loader(cfg, torch.device(device), launch, False, source,
+                        batch_size=batch, threads=threads, **kw)  # fmt: skip
 
 
 def _time_loader(loader: Loader, batches: int, warmup: int) -> float:
@@ -77,6 +69,8 @@ def _time_loader(loader: Loader, batches: int, warmup: int) -> float:
             next(it)
         if loader.stage_clock is not None:
             loader.stage_clock.reset()
+        if loader.device_clock is not None:
+            loader.device_clock.reset()
         _sync(loader.device)
         start = time.perf_counter()
         n = 0
@@ -93,36 +87,48 @@ def loader_stages(
     cfg: Config, device, batch: int, batches: int, warmup: int, source=None, **kw
 ) -> dict:
     """Per-image time of each stage with one engine thread and no prefetch, and the loader's
-    own wall time per image in the same batches."""
+    own wall time per image in the same batches. The device-side stages (``DeviceClock``):
+    on a CPU device the batched augmentation, when there is one, is host time and one more
+    stage in the sum; on CUDA the copy and the augmentation are GPU time, reported apart."""
     loader = _loader(cfg, device, batch, 1, source, prefetch=0, stage_timing=True, **kw)
-    if loader.stage_clock is None:
-        loader.close()
-        return {"engine": loader.engine_name, "stages_ms": None}
+    host_clock = loader.stage_clock is not None
     rate = _time_loader(loader, batches, warmup)
+    device_s = loader.device_clock.per_image()
+    gpu = loader.device_clock.cuda
+    out = {
+        "engine": loader.engine_name,
+        "threads": 1,
+        "images_per_sec": round(rate, 1),
+        "device_stages_ms": {
+            k: None if v is None else round(v * 1000, 4) for k, v in device_s.items()
+        },  # fmt: skip
+        "device_stages_on": "gpu" if gpu else "host",
+        "stages_ms": None,
+    }
+    if not host_clock:
+        return out
     per_image = loader.stage_clock.per_image()
-    # What the timing costs: the same loader untimed twice, then timed again (A B B A, so
-    # that a drift in the machine's speed cancels), means of each.
-    plain = [
-        _time_loader(_loader(cfg, device, batch, 1, source, prefetch=0, **kw), batches, warmup)
-        for _ in range(2)
-    ]
-    again = _loader(cfg, device, batch, 1, source, prefetch=0, stage_timing=True, **kw)
-    timed = [rate, _time_loader(again, batches, warmup)]
-    overhead = sum(plain) / sum(timed) - 1
+    if not gpu and device_s["device_augment"] is not None:
+        per_image["device_augment"] = device_s["device_augment"]
+    # What the timing costs: the same loader untimed and timed in turns (A B B A B A A B, so
+    # that a drift in the machine's speed cancels), the sums of each.
+    plain, timed = [], [rate]
+    for timing in (False, False, True, False, True, True, False):
+        again = _loader(cfg, device, batch, 1, source, prefetch=0, stage_timing=timing, **kw)
+        (timed if timing else plain).append(_time_loader(again, batches, warmup))
     wall_ms = 1000 / rate
     stages_ms = {k: round(v * 1000, 4) for k, v in per_image.items()}
     total = sum(stages_ms.values())
     return {
-        "engine": loader.engine_name,
-        "threads": 1,
-        "images_per_sec": round(rate, 1),
+        **out,
         "wall_ms_per_image": round(wall_ms, 4),
         "stages_ms": stages_ms,
         "stages_sum_ms": round(total, 4),
         "share": {k: round(v / total, 4) for k, v in stages_ms.items()},
         "stages_over_wall": round(total / wall_ms, 4),
-        "untimed_images_per_sec": round(sum(plain) / 2, 1),
-        "timing_overhead": round(overhead, 4),
+        "untimed_images_per_sec": round(sum(plain) / len(plain), 1),
+        # images/sec untimed over timed, less one: the timed loader's extra time per image
+        "timing_overhead": round(sum(plain) / sum(timed) - 1, 4),
     }
 
 
@@ -228,50 +234,169 @@ def _with(cfg: Config, section: str, **changes) -> Config:
     )
 
 
+# The changes `candidates` may measure, by name (``selfsup profile --changes``).
+CHANGES = ("channels_last", "bf16", "batch", "compile", "reduced_decode", "dali", "beton",
+           "small_crops")  # fmt: skip
+
+
+def _result(option: str, side: str, rate: float, baseline: float, detail: str = "") -> dict:
+    out = {"option": option, "side": side, "images_per_sec": round(rate, 1),
+           "baseline": round(baseline, 1), "gain": round(rate / baseline, 3)}  # fmt: skip
+    return {**out, "detail": detail} if detail else out
+
+
+def _pack_sample(cfg: Config, source, batch: int, batches: int, warmup: int):
+    """(the sample of the source the loader reads for ``warmup + batches`` one-thread
+    batches, its median longest side, the maximum side a .beton would keep: twice the
+    largest view's); None when the source holds arrays or images already that small."""
+    from selfsup.pipeline.decode import image_size
+    from selfsup.pipeline.sources import SubsetSource, open_split
+
+    if source is None:
+        source = open_split(cfg.data, cfg.data.train_split, progress=False)
+    n = min(len(source), batch * (warmup + batches))
+    sample = SubsetSource(source, range(n))
+    sides = []
+    for i in range(min(n, 32)):
+        payload = sample.read(i)[0]
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            return None  # in-memory arrays: nothing to decode
+        hw = image_size(bytes(payload))
+        if hw is not None:
+            sides.append(max(hw))
+    max_side = 2 * cfg.data.size
+    if not sides or sorted(sides)[len(sides) // 2] <= 1.25 * max_side:
+        return None
+    return sample, sorted(sides)[len(sides) // 2], max_side
+
+
+def _beton_candidate(cfg, device, batch, batches, warmup, source) -> dict | None:
+    """The same images read from a .beton packed with a smaller maximum side, against
+    reading them as they are: one engine thread each, the same sample."""
+    import tempfile
+
+    from selfsup.pipeline.decode import DecodeError, decode_image
+    from selfsup.pipeline.sources import BetonSource
+    from selfsup.pipeline.sources.beton_write import write_beton
+
+    found = _pack_sample(cfg, source, batch, batches, warmup)
+    if found is None:
+        return None
+    sample, median, max_side = found
+
+    def decoded(i):
+        return lambda: decode_image(sample.read(i)[0])
+
+    with tempfile.TemporaryDirectory(prefix="selfsup-profile-") as tmp:
+        path = Path(tmp) / "sample.beton"
+        samples = [(decoded(i), int(sample.labels[i])) for i in range(len(sample))]
+        written = write_beton(path, samples, max_resolution=max_side, progress=False,
+                              skip_errors=(DecodeError,)).written  # fmt: skip
+        if written < batch:
+            return None
+        packed = BetonSource(path)
+        as_is = _time_loader(_loader(cfg, device, batch, 1, sample, prefetch=0), batches, warmup)
+        rate = _time_loader(_loader(cfg, device, batch, 1, packed, prefetch=0), batches, warmup)
+    return _result(
+        f"selfsup pack --max-res {max_side}", "loader", rate, as_is,
+        f"a .beton whose images' longest side is at most {max_side} px (now a median of "
+        f"{median} px): {len(sample)} images packed and read on one engine thread",
+    )  # fmt: skip
+
+
 def candidates(
-    cfg: Config, device, steps: int, warmup: int, base_stages: dict, batch: int, source=None
+    cfg: Config,
+    device,
+    steps: int,
+    warmup: int,
+    base_stages: dict,
+    scaling: list[dict],
+    batch: int,
+    source=None,
+    changes=CHANGES,
 ) -> list[dict]:
-    """Changes the config does not already use, each measured against the config measured
-    the same way just before: model-side (channels_last, bf16, a doubled batch) and
-    loader-side (DCT-reduced decoding)."""
-    out = []
-    base_model = model_rate(cfg, steps, warmup, 1, source)
-    t = cfg.train
+    """The ``changes`` the config does not already use, each measured against the config
+    measured the same way in this run:
+
+    - model side, on synthetic batches: ``channels_last``, ``bf16``, a doubled ``batch``,
+      ``compile`` (torch.compile; its warm-up steps include compiling);
+    - loader side: ``reduced_decode`` (DCT-reduced decoding; one engine thread), ``dali``
+      (the dali engine with the config's engine threads: nvJPEG on a GPU, DALI's CPU-only
+      mode elsewhere), ``beton`` (the images the loader reads, packed into a .beton with a
+      smaller maximum side, against reading them as they are; one engine thread);
+    - both: ``small_crops`` (half the multi-crop recipe's small views; the slower of the
+      loader and the model, before and after).
+    """
+    from selfsup.errors import SelfsupError
+    from selfsup.pipeline.loader import dali_installed
+    from selfsup.pipeline.recipes import recipe, small_view_count
+
+    unknown = sorted(set(changes) - set(CHANGES))
+    if unknown:
+        raise ValueError(f"unknown change {unknown[0]!r}; choose from {', '.join(CHANGES)}")
+    want, out = set(changes), []
+    t, d = cfg.train, cfg.data
+    base_model = None
     model_side = []
-    if not t.channels_last:
+    if "channels_last" in want and not t.channels_last:
         model_side.append(("train.channels_last=true", _with(cfg, "train", channels_last=True), 1))
     amp = t.precision in ("bf16", "fp16") or (t.precision == "auto" and device.type == "cuda")
-    if not amp and t.precision != "fp64":
+    if "bf16" in want and not amp and t.precision != "fp64":
         model_side.append(("train.precision=bf16", _with(cfg, "train", precision="bf16"), 1))
-    model_side.append((f"train.batch_size={2 * t.batch_size}", cfg, 2))
+    if "batch" in want:
+        model_side.append((f"train.batch_size={2 * t.batch_size}", cfg, 2))
+    if "compile" in want and not t.compile:
+        model_side.append(("train.compile=true", _with(cfg, "train", compile=True), 1))
+    views = recipe(d.recipe, d.size, small_crops=d.small_crops)
+    small = small_view_count(views)
+    if model_side or ("small_crops" in want and small > 1):
+        base_model = model_rate(cfg, steps, warmup, 1, source)
     for option, variant, factor in model_side:
         try:
             rate = model_rate(variant, steps, warmup, factor, source)
         except torch.OutOfMemoryError:
             continue
-        out.append(
-            {
-                "option": option,
-                "side": "model",
-                "images_per_sec": round(rate, 1),
-                "baseline": round(base_model, 1),
-                "gain": round(rate / base_model, 3),
-            }
-        )
-    d = cfg.data
-    if not d.reduced_decode and base_stages.get("stages_ms"):
+        out.append(_result(option, "model", rate, base_model))
+    if "reduced_decode" in want and not d.reduced_decode and base_stages.get("stages_ms"):
         st = loader_stages(cfg, device, batch, steps, warmup, source, reduced_decode=True)
-        out.append(
-            {
-                "option": "data.reduced_decode=true",
-                "side": "loader",
-                "images_per_sec": st["images_per_sec"],
-                "baseline": base_stages["images_per_sec"],
-                "gain": round(st["images_per_sec"] / base_stages["images_per_sec"], 3),
-                "detail": f"decode {base_stages['stages_ms']['decode']:.2f} -> "
-                f"{st['stages_ms']['decode']:.2f} ms/image (one thread)",
-            }
-        )
+        out.append(_result(
+            "data.reduced_decode=true", "loader", st["images_per_sec"],
+            base_stages["images_per_sec"],
+            f"decode {base_stages['stages_ms']['decode']:.2f} -> "
+            f"{st['stages_ms']['decode']:.2f} ms/image (one thread)",
+        ))  # fmt: skip
+    threads = d.threads or distributed.cores_per_process()
+    at_threads = next((r["images_per_sec"] for r in scaling if r["threads"] == threads), None)
+
+    def loader_rate(variant: Config = cfg, **kw) -> float:
+        return _time_loader(_loader(variant, device, batch, threads, source, **kw), steps, warmup)
+
+    if "dali" in want and base_stages["engine"] != "dali" and dali_installed():
+        base = at_threads or loader_rate()
+        try:
+            rate = loader_rate(engine="dali")
+        except SelfsupError:  # e.g. a source DALI cannot read: nothing measured, no advice
+            rate = None
+        if rate is not None:
+            where = ("nvJPEG decoding and crops on the GPU" if device.type == "cuda" else
+                     "DALI's CPU-only mode, as there is no GPU here")  # fmt: skip
+            out.append(_result("data.engine=dali", "loader", rate, base,
+                               f"{threads} threads; {where}"))  # fmt: skip
+    if "beton" in want:
+        tried = _beton_candidate(cfg, device, batch, steps, warmup, source)
+        if tried is not None:
+            out.append(tried)
+    if "small_crops" in want and small > 1:
+        variant = _with(cfg, "data", small_crops=small // 2)
+        loader_b, loader_v = at_threads or loader_rate(), loader_rate(variant)
+        model_v = model_rate(variant, steps, warmup, 1, source)
+        out.append(_result(
+            f"data.small_crops={small // 2}", "both", min(loader_v, model_v),
+            min(loader_b, base_model),
+            f"{small // 2} small views per image instead of {small}: loader {loader_b:,.0f} -> "
+            f"{loader_v:,.0f}, model {base_model:,.0f} -> {model_v:,.0f} images/sec; this "
+            "changes the method's views, whose published accuracy is for the recipe's count",
+        ))  # fmt: skip
     return out
 
 
@@ -334,11 +459,12 @@ def verdict(cfg: Config, step: dict, scaling: list[dict], stages: dict, tried: l
                 f"per image on one thread ({100 * stages['share'][top]:.0f}%)"
             )
     for c in sorted(tried, key=lambda c: -c["gain"]):
-        if c["gain"] > 1.05 and (side is None or c["side"] == side):
+        if c["gain"] > 1.05 and (side is None or c["side"] in (side, "both")):
             extra = f"; {c['detail']}" if c.get("detail") else ""
+            who = "end to end (the slower side)" if c["side"] == "both" else f"for the {c['side']}"
             advice.append(
-                f"{c['option']}: {c['images_per_sec']:,.0f} images/sec for the "
-                f"{c['side']} against {c['baseline']:,.0f} ({c['gain']:.2f}x){extra}"
+                f"{c['option']}: {c['images_per_sec']:,.0f} images/sec {who} against "
+                f"{c['baseline']:,.0f} ({c['gain']:.2f}x){extra}"
             )
     return kind, how, advice
 
@@ -350,19 +476,19 @@ def profile(
     progress: bool = True,
     *,
     source=None,
-    try_changes: bool = True,
+    changes=CHANGES,
     trace_path: Path | None = None,
 ) -> dict:
     """Every measurement of the module doc, the verdict and the advice, as one dict.
-    ``source``: a Source given in code instead of the config's data; ``try_changes=False``
-    skips measuring the candidate changes (the verdict does not need them)."""
+    ``source``: a Source given in code instead of the config's data; ``changes``: which of
+    :data:`CHANGES` to measure (empty: none; the verdict does not need them)."""
     start = time.time()
     step = bench_step(cfg, steps=steps, warmup=warmup, progress=progress, source=source)
     device = torch.device(step["launch"]["device"])
     batch = step["launch"]["per_process_batch"]
     stages = loader_stages(cfg, device, batch, steps, warmup, source)
     scaling = thread_scaling(cfg, device, batch, steps, warmup, source)
-    tried = candidates(cfg, device, steps, warmup, stages, batch, source) if try_changes else []
+    tried = candidates(cfg, device, steps, warmup, stages, scaling, batch, source, changes)
     kind, how, advice = verdict(cfg, step, scaling, stages, tried)
     traced = None
     if trace_path is not None:
@@ -412,6 +538,7 @@ def format_report(r: dict) -> str:
             f"| {STAGE_LABELS[k]} | {v:.3f} | {100 * st['share'][k]:.0f}% |"
             for k, v in st["stages_ms"].items()
         ]
+    lines += ["", *_device_lines(st)]
     lines += ["", "| engine threads | images/sec |", "|---|---|"]
     lines += [f"| {t['threads']} | {t['images_per_sec']:,.1f} |" for t in r["thread_scaling"]]
     if len(s.get("per_rank", [])) > 1:
@@ -438,6 +565,28 @@ def format_report(r: dict) -> str:
         f"{s['launch']['device']}, {s['timing']}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _device_lines(st: dict) -> list[str]:
+    """The device-side stages: a table of GPU time on CUDA, else why there are none."""
+    dev = st.get("device_stages_ms") or {}
+    ran = {k: v for k, v in dev.items() if v is not None}
+    if st.get("device_stages_on") == "gpu" and ran:
+        return [
+            "On the GPU, ms per image of GPU time (CUDA events; it overlaps the host's stages "
+            "and the step):",
+            "",
+            "| stage | ms |",
+            "|---|---|",
+            *(f"| {STAGE_LABELS[k]} | {v:.3f} |" for k, v in ran.items()),
+        ]
+    why = []
+    if dev.get("h2d") is None:
+        why.append("no host-to-device copy (the device is the host)")
+    if dev.get("device_augment") is None:
+        why.append("no batched device augmentation (colour and blur run fused in the engine "
+                   "threads: the colour stage above)")  # fmt: skip
+    return ["Device side: " + "; ".join(why) + "."] if why else []
 
 
 def write_report(r: dict, out: Path) -> list[Path]:

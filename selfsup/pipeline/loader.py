@@ -26,6 +26,7 @@ import torch
 from selfsup import distributed
 from selfsup.errors import ConfigError, DataError
 from selfsup.pipeline.augment_device import augment_batch
+from selfsup.pipeline.device_clock import DeviceClock
 from selfsup.pipeline.engines.cpu import (
     BadSample,
     CpuEngine,
@@ -87,6 +88,7 @@ class Loader:
         seed: keys the permutation and every random augmentation choice.
         size: rescale the recipe so its largest view has this side.
         view_overrides: ViewSpec fields replaced in every view (e.g. ``{"blur_p": 0}``).
+        small_crops: a named multi-crop recipe's number of small views (None: the recipe's).
         dtype, channels_last: the views' dtype and memory format.
         shuffle, drop_last: as in torch's DataLoader; drop_last keeps batch shapes fixed.
         threads: engine threads (0: one per core).
@@ -101,7 +103,9 @@ class Loader:
         reduced_decode: cpu engine: decode JPEGs at the smallest 1/2, 1/4 or 1/8 DCT scale
             that leaves every crop at least its view's size (faster; False: always full).
         stage_timing: cpu engine: sum the time each sample spends reading, decoding,
-            cropping and augmenting into ``stage_clock`` (``selfsup profile``).
+            cropping and augmenting into ``stage_clock``; any engine: time the host-to-device
+            copy and the batched device augmentation into ``device_clock`` (``selfsup
+            profile``).
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class Loader:
         *,
         size: int | None = None,
         view_overrides: dict | None = None,
+        small_crops: int | None = None,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         shuffle: bool = True,
@@ -129,7 +134,7 @@ class Loader:
         stage_timing: bool = False,
     ) -> None:
         if isinstance(recipe, str):
-            views = make_recipe(recipe, size, view_overrides)
+            views = make_recipe(recipe, size, view_overrides, small_crops)
         else:
             views = list(recipe)
         rank = distributed.rank() if rank is None else rank
@@ -145,6 +150,7 @@ class Loader:
         # the loader's own CUDA stream (made on first use): batches reach the device without
         # the training stream
         self._stream: torch.cuda.Stream | None = None
+        self.device_clock = DeviceClock(self.device.type == "cuda") if stage_timing else None
         self.prefetch = prefetch
         self.seed = seed
         self.device_augment = (
@@ -256,8 +262,11 @@ class Loader:
                 yield self._deliver(raw)
                 continue
             start = time.perf_counter()
+            on_device = self.device_clock.host_seconds
             batch = self._deliver(raw)
-            clock.add_collate(time.perf_counter() - start, start)  # the hand-over is batching
+            # the hand-over is batching, less a CPU device's batched augmentation (its own stage)
+            on_device = self.device_clock.host_seconds - on_device
+            clock.add_collate(time.perf_counter() - start - on_device, start)
             yield batch
         self._next = 0
 
@@ -335,6 +344,8 @@ class Loader:
                 views = [
                     v.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for v in views
                 ]
+            dclock = self.device_clock
+            mark = None if dclock is None else dclock.start()
             staged = EngineBatch(
                 [to_device(v) for v in views],
                 # parameter rows too: a copy from pageable memory would sync the stream
@@ -345,6 +356,8 @@ class Loader:
                 to_device(raw.indices),
                 None if raw.masks is None else [to_device(m) for m in raw.masks],
             )
+            if dclock is not None:
+                dclock.stop("h2d", mark, len(raw.labels))
             staged.ready = torch.cuda.Event()
             staged.ready.record(self._stream)
         return staged
@@ -366,6 +379,8 @@ class Loader:
         elif self._host_augment is not None:
             raw = self._host_augment(raw)
         if self.device_augment:
+            dclock = self.device_clock
+            mark = None if dclock is None else dclock.start()
             views = []
             masks = raw.masks or [None] * len(raw.views)
             for group, u8, params, m in zip(
@@ -397,6 +412,8 @@ class Loader:
                     views.append(nhwc.permute(0, 1, 4, 2, 3))
                 else:
                     views.append(torch.cat(out))
+            if dclock is not None:
+                dclock.stop("device_augment", mark, len(raw.labels))
         else:
             views = []
             for v in raw.views:

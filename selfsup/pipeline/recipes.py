@@ -195,14 +195,44 @@ def describe(name: str) -> str:
     return "; ".join(parts)
 
 
+def small_view_count(views: list[ViewSpec]) -> int:
+    """How many views per image are smaller than the first (largest) view: multi-crop's."""
+    return sum(v.count for v in views if v.size < views[0].size)
+
+
+def with_small_crops(views: list[ViewSpec], n: int) -> list[ViewSpec]:
+    """``views`` with ``n`` small (multi-crop) views instead of the recipe's, shared out over
+    its kinds of small view in turn (ReLICv2's two kinds: 1 -> one of the first kind); a kind
+    left with none is dropped. The large views are unchanged."""
+    small = [i for i, v in enumerate(views) if v.size < views[0].size]
+    if not small:
+        raise ConfigError(
+            "data.small_crops is set but the recipe has no small views (multi-crop: SwAV, "
+            "DINO, ReLICv2); leave it unset"
+        )
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+        raise ConfigError(f"data.small_crops must be an integer >= 0, got {n!r}")
+    counts = {i: n // len(small) + (k < n % len(small)) for k, i in enumerate(small)}
+    return [
+        replace(v, count=counts[i]) if i in counts else v
+        for i, v in enumerate(views)
+        if counts.get(i, 1) > 0
+    ]
+
+
 def recipe(
-    name: str, size: int | None = None, overrides: dict[str, Any] | None = None
+    name: str,
+    size: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    small_crops: int | None = None,
 ) -> list[ViewSpec]:
-    """The named recipe's view specs, optionally at another size and with field overrides.
+    """The named recipe's view specs, optionally at another size, with field overrides and
+    another number of small views.
 
     ``size`` rescales the first (largest) view to ``size`` and any smaller views in
     proportion; ``overrides`` replace fields of every view (e.g. ``{"blur_p": 0}``, or
-    ``{"mean": [0.5, 0.5, 0.5]}``: values are checked and coerced as a config file's are).
+    ``{"mean": [0.5, 0.5, 0.5]}``: values are checked and coerced as a config file's are);
+    ``small_crops`` sets the number of small (multi-crop) views (:func:`with_small_crops`).
     """
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}")
@@ -210,6 +240,8 @@ def recipe(
     if size is not None:
         base = views[0].size
         views = [replace(v, size=max(1, round(v.size * size / base))) for v in views]
+    if small_crops is not None:
+        views = with_small_crops(views, small_crops)
     if overrides:
         views = override_views(views, overrides, f"recipe {name!r}")
     return views

@@ -58,25 +58,36 @@ def build_backbone(cfg: Config) -> nn.Module:
 # 16 input channels corrupts the heap (torch 2.13, oneDNN: "double free or corruption",
 # measured here with 1 to 15 channels at 112 px; 16 and more are fine). A ResNet's first
 # downsampling shortcut reads `width` channels (BasicBlock) or 4 x `width` (Bottleneck).
+# torch.compile's inductor converts convolutions to channels_last by itself (its layout
+# optimisation), so a compiled narrow ResNet crashes the same way (segfaults, measured here).
 _CPU_CHANNELS_LAST_MIN_CHANNELS = 16
 
 
-def use_channels_last(cfg: Config, device: torch.device) -> bool:
-    """``train.channels_last``, except on a CPU for ResNets too narrow for it (see above): the
-    model and the loader's views then stay contiguous, and a warning says so."""
-    if not cfg.train.channels_last or device.type != "cpu":
-        return cfg.train.channels_last
+def narrow_shortcut(cfg: Config, device: torch.device) -> int | None:
+    """The input channels of the first strided shortcut when the model runs on a CPU and it
+    is too narrow for channels_last memory (see above); else None."""
+    if device.type != "cpu":
+        return None
     from selfsup.trainer.models import MODELS
     from selfsup.trainer.models.resnet import Bottleneck
 
     probe = MODELS[cfg.model.arch](width=1)  # the block type, at no cost
     shortcut_in = cfg.model.width * (4 if isinstance(probe.layer1[0], Bottleneck) else 1)
-    if shortcut_in >= _CPU_CHANNELS_LAST_MIN_CHANNELS:
+    return shortcut_in if shortcut_in < _CPU_CHANNELS_LAST_MIN_CHANNELS else None
+
+
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    """``train.channels_last``, except on a CPU for ResNets too narrow for it (see above): the
+    model and the loader's views then stay contiguous, and a warning says so."""
+    if not cfg.train.channels_last:
+        return False
+    narrow = narrow_shortcut(cfg, device)
+    if narrow is None:
         return True
     # Python's warnings filter shows it once per call site
     warnings.warn(
         f"train.channels_last is off for this run: model.width={cfg.model.width} gives a "
-        f"{shortcut_in}-channel strided shortcut, which torch's CPU channels_last backward "
+        f"{narrow}-channel strided shortcut, which torch's CPU channels_last backward "
         "mishandles below 16 channels",
         stacklevel=2,
     )
@@ -150,21 +161,28 @@ def describe_launch(cfg: Config, device: torch.device, saved_world: int | None =
 
 
 def build_loader(
-    cfg: Config, device: torch.device, launch: Launch, progress: bool = True, source=None
+    cfg: Config,
+    device: torch.device,
+    launch: Launch,
+    progress: bool = True,
+    source=None,
+    **changes,
 ):
     """The training Loader: this rank's share of each global batch of the config's data (or
-    of ``source``, a Source given in code, e.g. in-memory arrays)."""
+    of ``source``, a Source given in code, e.g. in-memory arrays). ``changes``: Loader
+    arguments to use instead of the config's (selfsup profile's thread counts, prefetch,
+    stage timing and candidate engines)."""
     data = cfg.data
     if source is None:
         source = open_split(data, data.train_split, progress=progress)
-    return Loader(
-        source, data.recipe,
-        launch.per_process_batch, device, cfg.train.seed, size=data.size,
-        view_overrides=data.view_overrides, channels_last=use_channels_last(cfg, device),
-        threads=launch.engine_threads, prefetch=data.prefetch,
-        max_bad_fraction=data.max_bad_fraction, engine=data.engine,
+    kw = dict(
+        batch_size=launch.per_process_batch, device=device, seed=cfg.train.seed, size=data.size,
+        view_overrides=data.view_overrides, small_crops=data.small_crops,
+        channels_last=use_channels_last(cfg, device), threads=launch.engine_threads,
+        prefetch=data.prefetch, max_bad_fraction=data.max_bad_fraction, engine=data.engine,
         reduced_decode=data.reduced_decode,
     )  # fmt: skip
+    return Loader(source, data.recipe, **{**kw, **changes})
 
 
 @dataclass
@@ -204,7 +222,11 @@ def build_model_and_optimizer(
     if cfg.train.compile:
         # In place, so parameter names (checkpoints, exported weights) stay the same. Static
         # shapes: each view size (224 and 96 in multi-crop) gets its own graph.
-        method.backbone.compile(dynamic=False)
+        # A narrow ResNet on a CPU: without inductor's own switch to channels_last (above).
+        narrow = narrow_shortcut(cfg, device) is not None
+        method.backbone.compile(
+            dynamic=False, options={"layout_optimization": False} if narrow else None
+        )
     o = cfg.optim
     lr_scale_1d = 1.0 if o.lr_1d is None or o.lr == 0 else o.lr_1d / o.lr
     groups = param_groups(method, o.weight_decay, o.exclude_1d, lr_scale_1d)

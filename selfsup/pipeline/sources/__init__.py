@@ -12,6 +12,7 @@ from selfsup.pipeline.sources.array import ArraySource
 from selfsup.pipeline.sources.base import Source
 from selfsup.pipeline.sources.beton import BetonSource
 from selfsup.pipeline.sources.folder import ImageFolderSource
+from selfsup.pipeline.sources.subset import SubsetSource
 from selfsup.pipeline.sources.tar import TarShardSource
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "BetonSource",
     "ImageFolderSource",
     "Source",
+    "SubsetSource",
     "TarShardSource",
     "open_split",
 ]
