@@ -18,7 +18,7 @@ TEST_ENV = SELFSUP_FFCV_PYTHON=$(abspath $(FFCV_VENV))/bin/python SELFSUP_REQUIR
 	SELFSUP_REQUIRE_DALI=1 SELFSUP_REQUIRE_TRITON=1 \
 	SELFSUP_PIP_CONSTRAINTS=$(if $(CONSTRAINTS),$(abspath $(CONSTRAINTS)))
 
-.PHONY: install install-test demo test test-gpu lint clean whole-path
+.PHONY: install install-test demo test test-gpu lint clean whole-path profile-docs
 
 $(VENV)/.installed: setup.py $(wildcard constraints/*.txt)
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test: install-test
 # the labels (pretrained and from random init), distillation; prints the README's table.
 whole-path: install
 	$(VENV)/bin/python benchmarks/whole_path.py --out runs/whole-path-$(shell date +%Y%m%d-%H%M%S)
+
+# The README's two profiles (the demo, a 224 px SimCLR config from JPEG photos) into docs/.
+profile-docs: install
+	$(VENV)/bin/python benchmarks/profile_docs.py --docs docs
 
 test-gpu: install-test
 	$(VENV)/bin/python -m pytest -q -m gpu

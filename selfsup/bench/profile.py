@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -110,10 +111,11 @@ def loader_stages(
     per_image = loader.stage_clock.per_image()
     if not gpu and device_s["device_augment"] is not None:
         per_image["device_augment"] = device_s["device_augment"]
-    # What the timing costs: the same loader untimed and timed in turns (A B B A B A A B, so
-    # that a drift in the machine's speed cancels), the sums of each.
-    plain, timed = [], [rate]
-    for timing in (False, False, True, False, True, True, False):
+    # What the timing costs: fresh loaders untimed and timed in turns after the one above
+    # (A B B A B A A B, so that a drift in the machine's speed cancels), the medians of each
+    # (single runs here vary by several percent either way).
+    plain, timed = [], []
+    for timing in (False, True, True, False, True, False, False, True):
         again = _loader(cfg, device, batch, 1, source, prefetch=0, stage_timing=timing, **kw)
         (timed if timing else plain).append(_time_loader(again, batches, warmup))
     wall_ms = 1000 / rate
@@ -126,9 +128,13 @@ def loader_stages(
         "stages_sum_ms": round(total, 4),
         "share": {k: round(v / total, 4) for k, v in stages_ms.items()},
         "stages_over_wall": round(total / wall_ms, 4),
-        "untimed_images_per_sec": round(sum(plain) / len(plain), 1),
+        "untimed_images_per_sec": round(statistics.median(plain), 1),
         # images/sec untimed over timed, less one: the timed loader's extra time per image
-        "timing_overhead": round(sum(plain) / sum(timed) - 1, 4),
+        "timing_overhead": round(statistics.median(plain) / statistics.median(timed) - 1, 4),
+        "overhead_runs": {
+            "timed": [round(r, 1) for r in timed],
+            "untimed": [round(r, 1) for r in plain],
+        },  # fmt: skip
     }
 
 
@@ -529,7 +535,8 @@ def format_report(r: dict) -> str:
             f"Loader stages, one {st['engine']} engine thread, ms per image "
             f"(their sum is {100 * st['stages_over_wall']:.0f}% of the loader's "
             f"{st['wall_ms_per_image']:.2f} ms; timing them cost "
-            f"{100 * st['timing_overhead']:+.1f}% against the same loader untimed):",
+            f"{100 * st['timing_overhead']:+.1f}% against the same loader untimed, medians of 4 "
+            "runs each):",
             "",
             "| stage | ms | share |",
             "|---|---|---|",
@@ -539,6 +546,20 @@ def format_report(r: dict) -> str:
             for k, v in st["stages_ms"].items()
         ]
     lines += ["", *_device_lines(st)]
+    if r["candidates"]:
+        lines += [
+            "",
+            "Changes measured in this run (each against the config measured the same "
+            "way just before; advice above lists those over 1.05x on the limiting side):",
+            "",
+            "| change | side | images/sec | config's | gain |",
+            "|---|---|---|---|---|",
+        ]
+        for c in r["candidates"]:
+            lines.append(
+                f"| `{c['option']}` | {c['side']} | {c['images_per_sec']:,.1f} | "
+                f"{c['baseline']:,.1f} | {c['gain']:.2f}x |"
+            )
     lines += ["", "| engine threads | images/sec |", "|---|---|"]
     lines += [f"| {t['threads']} | {t['images_per_sec']:,.1f} |" for t in r["thread_scaling"]]
     if len(s.get("per_rank", [])) > 1:
