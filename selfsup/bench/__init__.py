@@ -285,7 +285,7 @@ def add_profile_parser(subparsers) -> argparse.ArgumentParser:
         default="all",
         metavar="LIST",
         help="candidate changes to measure, comma-separated, from "
-        f"{','.join(CHANGES)}; 'all' (default) or 'none'",
+        f"{', '.join(CHANGES)}; 'all' (default) or 'none'",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")

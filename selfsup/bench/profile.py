@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -475,6 +476,10 @@ def verdict(cfg: Config, step: dict, scaling: list[dict], stages: dict, tried: l
     return kind, how, advice
 
 
+def _say(text: str) -> None:
+    print(f"selfsup profile: measuring {text} ...", file=sys.stderr, flush=True)
+
+
 def profile(
     cfg: Config,
     steps: int = 10,
@@ -492,12 +497,18 @@ def profile(
     step = bench_step(cfg, steps=steps, warmup=warmup, progress=progress, source=source)
     device = torch.device(step["launch"]["device"])
     batch = step["launch"]["per_process_batch"]
+    say = _say if progress and distributed.is_main() else lambda text: None
+    say("the loader's stages, one engine thread (and the timing's cost: 8 more runs)")
     stages = loader_stages(cfg, device, batch, steps, warmup, source)
+    say("the loader's thread scaling")
     scaling = thread_scaling(cfg, device, batch, steps, warmup, source)
+    if changes:
+        say(f"candidate changes that apply, of: {', '.join(changes)}")
     tried = candidates(cfg, device, steps, warmup, stages, scaling, batch, source, changes)
     kind, how, advice = verdict(cfg, step, scaling, stages, tried)
     traced = None
     if trace_path is not None:
+        say("a torch.profiler trace")
         traced = str(trace(cfg, device, batch, steps, warmup, trace_path, source))
     return {
         "trace": traced,
