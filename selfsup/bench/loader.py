@@ -213,7 +213,7 @@ def run_reference(cfg: BenchConfig, source, views, length: int, rnd: int, desc: 
     from selfsup.bench.reference import ReferenceDataset, reference_loader
 
     dataset = ReferenceDataset(source, views, seed=cfg.seed, length=length)
-    dl = reference_loader(dataset, cfg.batch_size, cfg.workers)
+    dl = reference_loader(dataset, cfg.batch_size, cfg.workers, seed=cfg.seed + rnd)
     it = iter(dl)
     skipped = []  # per batch: bad samples passed over (the tensor is touched with the views)
 

@@ -151,13 +151,15 @@ class ReferenceDataset(torch.utils.data.Dataset):
 
 
 def reference_loader(
-    dataset: ReferenceDataset, batch_size: int, workers: int
+    dataset: ReferenceDataset, batch_size: int, workers: int, seed: int = 0
 ) -> torch.utils.data.DataLoader:
-    """The DataLoader SSL code wraps around such a dataset."""
+    """The DataLoader SSL code wraps around such a dataset; its shuffle seeded by ``seed``
+    (the same order in every run with that seed, whatever the process's RNG)."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
         drop_last=True,
         num_workers=workers,
         persistent_workers=workers > 0,
