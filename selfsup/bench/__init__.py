@@ -294,21 +294,16 @@ def add_profile_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _changes(text: str) -> tuple[str, ...]:
-    """``--changes``: 'all', 'none' or names of CHANGES; a one-line error for others."""
-    from selfsup.bench.profile import CHANGES
+    """``--changes``: 'all', 'none' or a comma-separated list of CHANGES' names."""
+    from selfsup.bench.profile import CHANGES, check_changes
 
-    if text == "all":
-        return CHANGES
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if text == "none":
-        return ()
-    bad = [n for n in names if n not in CHANGES]
-    if bad or not names:
-        raise ConfigError(
-            f"--changes: unknown change {(bad or [text])[0]!r}; give 'all', 'none' or a "
-            f"comma-separated list of {', '.join(CHANGES)}"
-        )
-    return names
+    if text in ("all", "none"):
+        return CHANGES if text == "all" else ()
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    try:
+        return check_changes(names or [text])
+    except ConfigError as e:
+        raise ConfigError(f"--changes: {e}") from None
 
 
 def _profile(args: argparse.Namespace) -> int:

@@ -43,8 +43,8 @@ def profile_figures(r: dict, out: Path) -> list[Path]:
     st = r["loader_stages"]
     if st.get("stages_ms"):
         short = {"read": "read", "decode": "decode", "crop_resize": "crop + resize",
-                 "augment": "colour, blur, mask,\nnormalise", "collate": "batching"}  # fmt: skip
-        short["device_augment"] = "batched augment\n(on the device)"
+                 "augment": "colour, blur, mask,\nnormalise", "collate": "batching",
+                 "device_augment": "batched augment\n(on the device)"}  # fmt: skip
         names = list(st["stages_ms"])
         labels, values = [short.get(n, n) for n in names], [st["stages_ms"][n] for n in names]
         colours = ["#4c72b0"] * len(names)

@@ -40,6 +40,7 @@ import torch
 from selfsup import distributed
 from selfsup.bench.step import _endless, _sync, bench_step
 from selfsup.config import Config
+from selfsup.errors import ConfigError, SelfsupError
 from selfsup.pipeline.engines.cpu import STAGES
 from selfsup.pipeline.loader import Loader
 from selfsup.trainer.build import build_loader, describe_launch
@@ -246,6 +247,18 @@ CHANGES = ("channels_last", "bf16", "batch", "compile", "reduced_decode", "dali"
            "small_crops")  # fmt: skip
 
 
+def check_changes(names) -> tuple[str, ...]:
+    """``names`` as a tuple when each is one of :data:`CHANGES`; else a one-line error."""
+    names = tuple(names)
+    unknown = [n for n in names if n not in CHANGES]
+    if unknown:
+        raise ConfigError(
+            f"unknown change {unknown[0]!r}; give 'all', 'none' or a comma-separated list of "
+            f"{', '.join(CHANGES)}"
+        )
+    return names
+
+
 def _result(option: str, side: str, rate: float, baseline: float, detail: str = "") -> dict:
     out = {"option": option, "side": side, "images_per_sec": round(rate, 1),
            "baseline": round(baseline, 1), "gain": round(rate / baseline, 3)}  # fmt: skip
@@ -272,9 +285,10 @@ def _pack_sample(cfg: Config, source, batch: int, batches: int, warmup: int):
         if hw is not None:
             sides.append(max(hw))
     max_side = 2 * cfg.data.size
-    if not sides or sorted(sides)[len(sides) // 2] <= 1.25 * max_side:
+    median = sorted(sides)[len(sides) // 2] if sides else 0
+    if median <= 1.25 * max_side:
         return None
-    return sample, sorted(sides)[len(sides) // 2], max_side
+    return sample, median, max_side
 
 
 def _beton_candidate(cfg, device, batch, batches, warmup, source) -> dict | None:
@@ -334,14 +348,10 @@ def candidates(
     - both: ``small_crops`` (half the multi-crop recipe's small views; the slower of the
       loader and the model, before and after).
     """
-    from selfsup.errors import SelfsupError
     from selfsup.pipeline.loader import dali_installed
     from selfsup.pipeline.recipes import recipe, small_view_count
 
-    unknown = sorted(set(changes) - set(CHANGES))
-    if unknown:
-        raise ValueError(f"unknown change {unknown[0]!r}; choose from {', '.join(CHANGES)}")
-    want, out = set(changes), []
+    want, out = set(check_changes(changes)), []
     t, d = cfg.train, cfg.data
     base_model = None
     model_side = []
